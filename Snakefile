@@ -1,0 +1,23 @@
+# asd: BEATs + LoRA + ArcFace + KNN anomalous sound detection (DCASE 2025 Task 2).
+# Stages, each a rule writing under results/<stage>/: index -> features -> train -> embed ->
+# bank -> knn -> ensemble -> metrics -> tables -> submission. See README.md.
+from asd.config import validate_config
+
+
+configfile: "config.yaml"
+
+
+config = validate_config(config, source="config (config.yaml + --configfile overlays)")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,158 @@
+"""Load, merge, validate and query the pipeline configuration.
+
+The JSON schema (workflow/schemas/config.schema.yaml) gives every key's description and
+default; this module fills the defaults, checks the cross-references the schema cannot express
+(a fold naming an unknown dataset, an ensemble epoch beyond training, ...) and answers the
+questions the workflow asks (which machine types a fold trains, which epochs get scored).
+Every error names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+
+from asd.errors import AsdError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _with_defaults(validator_class):
+    """A validator that also writes each property's default into the instance (as Snakemake's validate does)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """Overlay wins; nested mappings merge key by key, everything else is replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_config(*paths: str | Path) -> dict:
+    """Read YAML files (later ones overlay earlier ones), validate and fill defaults."""
+    config: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise AsdError(f"config file {path} does not exist; pass an existing YAML file (e.g. config.yaml).")
+        try:
+            config = deep_merge(config, yaml.safe_load(path.read_text()) or {})
+        except yaml.YAMLError as err:
+            raise AsdError(f"config file {path} is not valid YAML: {err}") from None
+    return validate_config(config, source=" + ".join(str(p) for p in paths))
+
+
+def validate_config(config: dict, *, source: str = "config") -> dict:
+    """Fill defaults in place, validate against the schema and the cross-references; return the config."""
+    errors = sorted(_Validator(load_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+        raise AsdError(f"{source}: config key '{key}': {err.message}. Fix the value "
+                       f"(see its description in {SCHEMA_PATH.relative_to(REPO_ROOT)}).")
+    _check_references(config, source)
+    return config
+
+
+def _check_references(config: dict, source: str) -> None:
+    datasets = config["datasets"]
+    for fold, spec in config["folds"].items():
+        if spec["dataset"] not in datasets:
+            raise AsdError(f"{source}: config key 'folds.{fold}.dataset' names '{spec['dataset']}', "
+                           f"which is not a dataset; use one of {sorted(datasets)}.")
+        unknown = sorted(set(spec.get("machine_types", [])) - set(datasets[spec["dataset"]]["machine_types"]))
+        if unknown:
+            raise AsdError(f"{source}: config key 'folds.{fold}.machine_types' names {unknown}, which are not "
+                           f"machine types of dataset '{spec['dataset']}' "
+                           f"({datasets[spec['dataset']]['machine_types']}); add them there or remove them.")
+    if set(config["folds"]) & set(datasets) - {f for f, s in config["folds"].items() if s["dataset"] == f}:
+        raise AsdError(f"{source}: a fold may share its name only with its own dataset; rename the fold.")
+    epochs = config["train"]["epochs"]
+    for name, fused in config["ensembles"].items():
+        late = [e for e in fused if e > epochs]
+        if late:
+            raise AsdError(f"{source}: config key 'ensembles.{name}' lists epochs {late} but train.epochs is "
+                           f"{epochs}; use epochs between 1 and {epochs}.")
+    scored = config["scoring"]["epochs"]
+    if scored != "all" and max(scored) > epochs:
+        raise AsdError(f"{source}: config key 'scoring.epochs' lists epoch {max(scored)} beyond train.epochs "
+                       f"({epochs}).")
+    unknown_kinds = sorted(set(config["supplemental_kinds"]) - set(all_machine_types(config)))
+    if unknown_kinds:
+        raise AsdError(f"{source}: config key 'supplemental_kinds' names unknown machine types {unknown_kinds}.")
+    submission = config["submission"]
+    for key in ("fold", "dev_fold"):
+        if submission[key] is not None and submission[key] not in config["folds"]:
+            raise AsdError(f"{source}: config key 'submission.{key}' is '{submission[key]}', not a fold; "
+                           f"use one of {sorted(config['folds'])}.")
+    for system in submission["systems"]:
+        if system["ensemble"] not in config["ensembles"]:
+            raise AsdError(f"{source}: submission system '{system['label']}' names ensemble "
+                           f"'{system['ensemble']}', which is not in 'ensembles' ({sorted(config['ensembles'])}).")
+
+
+def all_machine_types(config: dict) -> list[str]:
+    return sorted({m for spec in config["datasets"].values() for m in spec["machine_types"]})
+
+
+def fold_dataset(config: dict, fold: str) -> str:
+    return config["folds"][fold]["dataset"]
+
+
+def fold_machine_types(config: dict, fold: str) -> list[str]:
+    spec = config["folds"][fold]
+    return list(spec.get("machine_types") or config["datasets"][spec["dataset"]]["machine_types"])
+
+
+def scored_epochs(config: dict) -> list[int]:
+    """Epochs that get embeddings and scores: the configured list plus every ensemble member."""
+    scored = config["scoring"]["epochs"]
+    epochs = range(1, config["train"]["epochs"] + 1) if scored == "all" else scored
+    return sorted(set(epochs) | {e for fused in config["ensembles"].values() for e in fused})
+
+
+def table_epochs(config: dict) -> list[int]:
+    scored = config["scoring"]["epochs"]
+    return list(range(1, config["train"]["epochs"] + 1)) if scored == "all" else sorted(scored)
+
+
+def systems(config: dict) -> list[str]:
+    """Names of the score sets that get a table: one per tabled epoch and one per ensemble."""
+    return [f"epoch_{e}" for e in table_epochs(config)] + list(config["ensembles"])
+
+
+def fold_has_labels(config: dict, fold: str) -> bool:
+    """Whether the fold's test clips can be evaluated (labelled names or a ground-truth list)."""
+    spec = config["datasets"][fold_dataset(config, fold)]
+    return spec["labelled_test"] or spec["ground_truth"] is not None
+
+
+def section(config: dict, keys: Iterable[str]) -> dict[str, Any]:
+    """The named top-level sections only: rules pass narrow params so an edit elsewhere reruns nothing."""
+    return {key: copy.deepcopy(config[key]) for key in keys}

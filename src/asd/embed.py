@@ -1,0 +1,69 @@
+"""Per-epoch embeddings: every cached clip of one machine type through one epoch's model.
+
+Output HDF5 (``results/embeddings/<fold>/<machine>/epoch_<N>.h5``):
+``embeddings`` [N, E] float32, ``energy`` [N] (mean fbank over real frames, for the noise-only
+test), ``manifest/<column>`` as in the feature file, and attributes (epoch, backbone label).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from asd.device import autocast, resolve_device, resolve_precision
+from asd.errors import AsdError
+from asd.features import read_manifest_group, write_manifest_group, load_features
+from asd.io import atomic_path
+from asd.model import backbone_label, load_epoch_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def extract_embeddings(*, checkpoint_path: str, features_path: str, out_path: str | os.PathLike,
+                       backbone_settings: dict, batch_size: int = 64, device: str = "auto",
+                       precision: str = "auto") -> None:
+    dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
+    model, ckpt = load_epoch_checkpoint(checkpoint_path, backbone_settings=backbone_settings, device=dev)
+    features = load_features(features_path)
+    frame_mask = features.frame_padding_mask()  # [N, frames]
+    fbank = torch.from_numpy(features.fbank)
+    chunks = []
+    for start in tqdm(range(0, len(fbank), batch_size), desc=f"embed epoch {ckpt['epoch']}", unit="batch"):
+        x = fbank[start:start + batch_size].float().to(dev)
+        with autocast(dev, precision):
+            chunks.append(model.embed(x, frame_mask[start:start + batch_size].to(dev)).cpu())
+    embeddings = torch.cat(chunks).numpy().astype(np.float32)  # [N, E]
+    if not np.isfinite(embeddings).all():
+        raise AsdError(f"embeddings of {features_path} with {checkpoint_path} are not finite; the checkpoint "
+                       f"is damaged: delete it and rerun the 'train' rule.")
+    valid = (~frame_mask).float().numpy()  # [N, frames]
+    energy = (features.fbank.astype(np.float32).mean(axis=2) * valid).sum(1) / np.maximum(valid.sum(1), 1)
+    with atomic_path(out_path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as h5:
+            h5.create_dataset("embeddings", data=embeddings)
+            h5.create_dataset("energy", data=energy.astype(np.float32))
+            write_manifest_group(h5.create_group("manifest"), features.manifest)
+            h5.attrs.update(epoch=ckpt["epoch"], backbone=backbone_label(ckpt["backbone"]),
+                            random_init=bool(ckpt["backbone"]["random_init"]), precision=precision, complete=True)
+    log.info("wrote %s: %d clips x %d dims (%s, %s)", out_path, *embeddings.shape, precision,
+             backbone_label(ckpt["backbone"]))
+
+
+def load_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, dict]:
+    """(embeddings [N, E], energy [N], manifest, attributes) of a complete embedding file."""
+    rerun = f"delete it and rerun the 'embed' rule (snakemake --forcerun embed {path})"
+    try:
+        with h5py.File(path, "r") as h5:
+            if not h5.attrs.get("complete", False):
+                raise AsdError(f"embedding file {path} is incomplete; {rerun}.")
+            return (h5["embeddings"][()], h5["energy"][()], read_manifest_group(h5["manifest"]), dict(h5.attrs))
+    except (OSError, KeyError) as err:
+        raise AsdError(f"embedding file {path} is corrupt or truncated ({err}); {rerun}.") from None

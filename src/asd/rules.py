@@ -1,0 +1,72 @@
+"""One function per Snakemake rule: unpack the job's input/output/params and call the library.
+
+``workflow/scripts/<rule>.py`` is two lines: ``run(snakemake, <function>)``. Keeping the glue
+here makes every rule callable (and tested) without Snakemake: pass any object with ``input``,
+``output``, ``params``, ``wildcards`` and ``log``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from asd.logs import run_logged
+
+
+def run(job, function: Callable) -> None:
+    """Run one rule's function with stderr and logging sent to the rule's log file."""
+    run_logged(job.log[0] if len(job.log) else None, lambda: function(job))
+
+
+def demo_data(job) -> None:
+    from asd.demo import generate_demo
+
+    generate_demo(job.output[0], seed=0)
+
+
+def download(job) -> None:
+    from asd.download import download_dataset, official_urls
+    from asd.io import write_json
+
+    if job.params.kind is None:
+        raise ValueError(f"dataset '{job.wildcards.dataset}' has no 'download' kind in the config")
+    urls = official_urls(job.params.kind, job.params.machine_types)
+    download_dataset(urls=urls, dest_root=job.params.root)
+    write_json(job.output[0], {"root": job.params.root, "urls": urls})
+
+
+def index(job) -> None:
+    from asd.dataset import build_manifest, write_manifest
+
+    spec, audio = job.params.dataset, job.params.audio
+    kinds = {m: k for m, k in job.params.supplemental_kinds.items() if m in spec["machine_types"] and k != "auto"}
+    manifest = build_manifest(spec["root"], dataset=job.wildcards.dataset, machine_types=spec["machine_types"],
+                              ground_truth=spec.get("ground_truth"), sample_rate=audio["sample_rate"],
+                              channel_policy=audio["channel_policy"], supplemental_kinds=kinds)
+    write_manifest(manifest, job.output[0])
+
+
+def features(job) -> None:
+    from asd.dataset import read_manifest
+    from asd.features import cache_features
+
+    audio = job.params.audio
+    cache_features(manifest=read_manifest(job.input[0]), machine=job.wildcards.machine, out_path=job.output[0],
+                   sample_rate=audio["sample_rate"], channel_policy=audio["channel_policy"],
+                   clip_seconds=audio["clip_seconds"], dtype=job.params.features["dtype"],
+                   manifest_path=job.input[0])
+
+
+def train(job) -> None:
+    from asd.train import train_fold
+
+    train_fold(fold=job.wildcards.fold, feature_paths=list(job.input), checkpoint_paths=list(job.output.checkpoints),
+               log_path=job.output.log_csv, settings=dict(job.params.settings))
+
+
+def embed(job) -> None:
+    from asd.embed import extract_embeddings
+
+    extract_embeddings(checkpoint_path=job.input.checkpoint, features_path=job.input.features,
+                       out_path=job.output[0], backbone_settings=job.params.backbone,
+                       batch_size=job.params.embed["batch_size"], device=job.params.device,
+                       precision=job.params.precision)

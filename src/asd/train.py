@@ -1,0 +1,199 @@
+"""Train one fold: LoRA-BEATs + attentive pooling + ArcFace on all its machine types' training clips.
+
+Writes one small checkpoint per epoch (trained tensors + config, see ``asd.model.checkpoint_dict``)
+and a per-epoch log. Resumable: after every epoch the full training state (optimizer included)
+is saved under ``<model dir>/.state/``; a rerun continues after the last finished epoch and ends
+with the same checkpoints as an uninterrupted run, because every random draw of an epoch comes
+from generators seeded by (seed, epoch) rather than from state carried across epochs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from asd.device import autocast, resolve_device, resolve_precision
+from asd.errors import AsdError
+from asd.features import load_features
+from asd.io import atomic_path, write_csv
+from asd.model import (ASDModel, HeadConfig, backbone_label, build_backbone, checkpoint_dict, count_parameters,
+                       class_names, label_map)
+
+log = logging.getLogger(__name__)
+STATE_DIR = ".state"
+
+
+def spec_augment(fbank: torch.Tensor, valid_frames: torch.Tensor, *, time_mask: int, freq_mask: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """One time mask (≤ time_mask frames, inside the real frames) and one frequency mask (≤ freq_mask bins) per clip.
+
+    fbank: [B, T, F]; masked values are set to 0, the mean of the normalised fbank.
+    """
+    batch, frames, bins = fbank.shape
+    def band(max_width: int, extent: torch.Tensor, size: int) -> torch.Tensor:  # -> [B, size] bool
+        width = (torch.rand(batch, generator=generator) * (max_width + 1)).long().clamp(max=extent)
+        start = (torch.rand(batch, generator=generator) * (extent - width + 1)).long()
+        pos = torch.arange(size)[None, :]
+        return (pos >= start[:, None]) & (pos < (start + width)[:, None])
+    time = band(time_mask, valid_frames, frames)  # [B, T]
+    freq = band(freq_mask, torch.full((batch,), bins), bins)  # [B, F]
+    return fbank.masked_fill(time[:, :, None] | freq[:, None, :], 0.0)
+
+
+def learning_rate(step: int, *, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up to ``peak`` then cosine decay to 0."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _fold_data(feature_paths: list[str]):
+    sets = [load_features(p, splits=["train"]) for p in feature_paths]
+    manifest = pd.concat([s.manifest for s in sets], ignore_index=True)
+    fbank = torch.from_numpy(np.concatenate([s.fbank for s in sets]))  # [N, frames, 128], storage dtype
+    frame_mask = torch.cat([s.frame_padding_mask() for s in sets])  # [N, frames]
+    return manifest, fbank, frame_mask
+
+
+def _run_key(settings: dict, manifest: pd.DataFrame) -> str:
+    """Identity of a training run: a saved state is resumed only by the same run."""
+    blob = json.dumps({"settings": settings, "clips": list(manifest["path"])}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def train_fold(*, fold: str, feature_paths: list[str], checkpoint_paths: list[str], log_path: str,
+               settings: dict) -> None:
+    """``settings``: the config's backbone, model and train sections."""
+    train_cfg, head = settings["train"], HeadConfig.from_dict(settings["model"])
+    epochs = train_cfg["epochs"]
+    if len(checkpoint_paths) != epochs:
+        raise ValueError(f"expected {epochs} checkpoint paths, got {len(checkpoint_paths)}")
+    manifest, fbank, frame_mask = _fold_data(feature_paths)
+    if manifest.empty:
+        raise AsdError(f"fold '{fold}' has no training clips in {feature_paths}; check the fold's machine types.")
+    classes, hidden = label_map(manifest)
+    labels = torch.tensor([classes.index(c) for c in class_names(manifest)])
+    subcenters = [head.arcface_subcenters if h else 1 for h in hidden]
+    valid_frames = (~frame_mask).sum(dim=1)
+
+    device = resolve_device(train_cfg["device"])
+    precision = resolve_precision(train_cfg["precision"], device)
+    seed = train_cfg["seed"]
+    torch.manual_seed(seed)
+    backbone, identity = build_backbone(settings["backbone"])
+    model = ASDModel(backbone, head=head, subcenters=subcenters).to(device)
+    total_params, trainable_params = count_parameters(model)
+    log.info("fold %s: %d clips, %d classes (%d with sub-centres), %s", fold, len(manifest), len(classes),
+             sum(hidden), backbone_label(identity))
+    log.info("parameters: %d total, %d trainable (LoRA r=%d on blocks %s + pooling + projection + ArcFace)",
+             total_params, trainable_params, head.lora_rank, head.lora_blocks)
+    log.info("device %s, precision %s", device, precision)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=train_cfg["learning_rate"], weight_decay=train_cfg["weight_decay"])
+
+    batch_size = train_cfg["batch_size"]
+    steps_per_epoch = math.ceil(len(manifest) / batch_size)
+    total_steps, warmup_steps = epochs * steps_per_epoch, round(train_cfg["warmup_epochs"] * steps_per_epoch)
+    state_dir = Path(checkpoint_paths[0]).parent / STATE_DIR
+    run_key = _run_key(settings, manifest)
+    history, start_epoch = _resume(state_dir, run_key, model, optimizer, checkpoint_paths)
+
+    for epoch in range(start_epoch, epochs + 1):
+        model.train()
+        torch.manual_seed(seed * 100_003 + epoch)  # dropout, if any, draws from here
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(len(manifest), generator=generator)
+        started, loss_sum, correct = time.perf_counter(), 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"{fold} epoch {epoch}/{epochs}", unit="step")
+        for step_in_epoch in bar:
+            step = (epoch - 1) * steps_per_epoch + step_in_epoch
+            lr = learning_rate(step, total=total_steps, warmup=warmup_steps, peak=train_cfg["learning_rate"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = order[step_in_epoch * batch_size:(step_in_epoch + 1) * batch_size]
+            x = spec_augment(fbank[idx].float(), valid_frames[idx], time_mask=train_cfg["time_mask"],
+                             freq_mask=train_cfg["freq_mask"], generator=generator)
+            pin = device.type == "cuda"
+            x, mask, y = (t.pin_memory().to(device, non_blocking=pin) if pin else t
+                          for t in (x, frame_mask[idx], labels[idx]))
+            with autocast(device, precision):
+                loss, logits = model(x, mask, y)
+            if not torch.isfinite(loss):
+                last = f"epoch {epoch - 1} ({checkpoint_paths[epoch - 2]})" if epoch > 1 else "none yet"
+                raise AsdError(f"training fold '{fold}' stopped: the loss became {loss.item()} at epoch {epoch}, "
+                               f"step {step_in_epoch + 1}. Last good checkpoint: {last}. Lower train.learning_rate "
+                               f"or set train.precision: fp32, then rerun.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(dim=1) == y).sum().item()
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+        seconds = time.perf_counter() - started
+        row = {"epoch": epoch, "loss": loss_sum / len(manifest), "accuracy": correct / len(manifest),
+               "learning_rate": lr, "seconds": seconds, "clips_per_second": len(manifest) / seconds,
+               "device": str(device), "precision": precision, "backbone": backbone_label(identity)}
+        history.append(row)
+        log.info("epoch %d: loss %.4f, accuracy %.3f, lr %.2e, %.1f s, %.1f clips/s", epoch, row["loss"],
+                 row["accuracy"], lr, seconds, row["clips_per_second"])
+        ckpt = checkpoint_dict(model, epoch=epoch, head=head, backbone=identity, classes=classes,
+                               subcenters=subcenters, metrics={k: row[k] for k in ("loss", "accuracy")})
+        ckpt.update(fold=fold, train_settings=train_cfg, parameters={"total": total_params, "trainable": trainable_params})
+        _save_epoch(state_dir, checkpoint_paths[epoch - 1], ckpt, optimizer, history, run_key)
+        write_csv(log_path, pd.DataFrame(history))
+    write_csv(log_path, pd.DataFrame(history))
+
+
+def _save_epoch(state_dir: Path, out_path: str, ckpt: dict, optimizer, history: list, run_key: str) -> None:
+    """Epoch checkpoint into the state dir (hard-linked to the rule's output), then the resume state."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    kept = state_dir / Path(out_path).name
+    with atomic_path(kept) as tmp:
+        torch.save(ckpt, tmp)
+    _link(kept, out_path)
+    with atomic_path(state_dir / "last.pt") as tmp:
+        torch.save({"run_key": run_key, "epoch": ckpt["epoch"], "history": history,
+                    "optimizer": optimizer.state_dict(), "state": ckpt["state"]}, tmp)
+
+
+def _link(source: Path, dest: str) -> None:
+    """Hard link (no second copy on disk); Snakemake may delete ``dest`` before a rerun, never ``source``."""
+    tmp = Path(dest).with_name(f".{Path(dest).name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # file systems without hard links
+        tmp.write_bytes(source.read_bytes())
+    os.replace(tmp, dest)
+
+
+def _resume(state_dir: Path, run_key: str, model: ASDModel, optimizer, checkpoint_paths: list[str]):
+    """(history, first epoch to run); restores model and optimizer from the last finished epoch of this run."""
+    last = state_dir / "last.pt"
+    if not last.exists():
+        return [], 1
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as err:
+        log.warning("ignoring unreadable resume state %s (%s); training from scratch", last, err)
+        return [], 1
+    if state.get("run_key") != run_key:
+        log.info("resume state %s belongs to another configuration; training from scratch", last)
+        return [], 1
+    model.load_trained_state(state["state"])
+    optimizer.load_state_dict(state["optimizer"])
+    for epoch in range(1, state["epoch"] + 1):  # outputs Snakemake removed as incomplete come back
+        _link(state_dir / Path(checkpoint_paths[epoch - 1]).name, checkpoint_paths[epoch - 1])
+    log.info("resuming after epoch %d from %s", state["epoch"], last)
+    return state["history"], state["epoch"] + 1

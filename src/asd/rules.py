@@ -70,3 +70,54 @@ def embed(job) -> None:
                        out_path=job.output[0], backbone_settings=job.params.backbone,
                        batch_size=job.params.embed["batch_size"], device=job.params.device,
                        precision=job.params.precision)
+
+
+def bank(job) -> None:
+    from asd.scoring import write_bank
+
+    write_bank(embeddings_path=job.input.embeddings, out_path=job.output[0], machine=job.wildcards.machine,
+               kind_override=job.params.kind_override, use_supplemental=job.params.use_supplemental)
+
+
+def knn(job) -> None:
+    from asd.scoring import score_epoch
+
+    score_epoch(embeddings_path=job.input.embeddings, bank_path=job.input.bank, out_path=job.output[0],
+                machine=job.wildcards.machine, scoring=job.params.scoring, decision=job.params.decision)
+
+
+def ensemble(job) -> None:
+    from asd.scoring import fuse_epochs
+
+    fuse_epochs(score_paths=list(job.input), epochs=list(job.params.epochs), out_path=job.output[0],
+                machine=job.wildcards.machine, decision=job.params.decision)
+
+
+def metrics(job) -> None:
+    from asd.tables import write_machine_metrics
+
+    write_machine_metrics(scores_path=job.input[0], out_path=job.output[0], machine=job.wildcards.machine,
+                          system=job.wildcards.system)
+
+
+def table(job) -> None:
+    from asd.tables import write_table
+
+    write_table(metric_paths=list(job.input.metrics), train_log_path=job.input.train_log, csv_path=job.output.csv,
+                md_path=job.output.md, fold=job.wildcards.fold, system=job.wildcards.system)
+
+
+def summary(job) -> None:
+    from asd.tables import write_summary
+
+    write_summary(table_paths=list(job.input.tables), systems=list(job.params.systems),
+                  train_log_path=job.input.train_log, csv_path=job.output.csv, md_path=job.output.md,
+                  fold=job.wildcards.fold)
+
+
+def submission(job) -> None:
+    from asd.package import build_submission
+
+    build_submission(zip_path=job.output[0], score_paths=list(job.input.scores), dev_tables=list(job.input.dev_tables),
+                     checkpoint_path=job.input.checkpoint, machine_types=list(job.params.machine_types),
+                     submission=dict(job.params.submission), backbone_settings=dict(job.params.backbone))

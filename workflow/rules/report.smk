@@ -31,10 +31,13 @@ rule table:
 
 rule summary:
     input:
-        lambda w: expand("results/tables/{fold}/{system}.csv", fold=w.fold, system=cfg.systems(config)),
+        tables=lambda w: expand("results/tables/{fold}/{system}.csv", fold=w.fold, system=cfg.systems(config)),
+        train_log="results/models/{fold}/train_log.csv",
     output:
         csv="results/tables/{fold}/summary.csv",
         md=report("results/tables/{fold}/summary.md", category="Tables"),
+    params:
+        systems=cfg.systems(config),
     log:
         "results/logs/summary/{fold}.log",
     conda:
@@ -52,7 +55,7 @@ rule submission:
         "results/submission/{archive}.zip",
     params:
         submission=config["submission"],
-        ensembles=config["ensembles"],
+        backbone=config["backbone"],
         machine_types=cfg.fold_machine_types(config, config["submission"]["fold"]),
     log:
         "results/logs/submission/{archive}.log",

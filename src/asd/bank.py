@@ -131,13 +131,15 @@ def build_bank(
     name: str,
     kind_override: str | None = None,
     use_supplemental: bool = True,
-    energy: np.ndarray | None = None,
+    test_features: np.ndarray | None = None,
 ) -> Bank:
     """Compose the memory banks of one machine type and section.
 
     ``manifest_rows`` (one row per embedding [N, D], columns file, split, domain,
     supplemental_kind) may include test rows, which are ignored. ``kind_override`` is the config
-    value (machine | noise | auto | None). ``energy`` [N] (optional) feeds the automatic test.
+    value (machine | noise | auto | None). ``test_features`` [N, F] are the vectors the automatic test compares (default: the embeddings);
+    the pipeline passes each clip's gain-invariant mean log-mel spectrum, which does not depend on the
+    model, so every epoch reaches the same verdict.
     """
     missing = [column for column in REQUIRED_COLUMNS if column not in manifest_rows.columns]
     if missing:
@@ -150,6 +152,7 @@ def build_bank(
     if kind_override not in (None, "machine", "noise", "auto"):
         raise AsdError(f"config supplemental_kinds.{name} = {kind_override!r}; use machine, noise or auto.")
     embeddings = np.asarray(embeddings)
+    compared = embeddings if test_features is None else np.asarray(test_features)
     split = manifest_rows["split"].to_numpy()
     domain = manifest_rows["domain"].to_numpy()
     files = manifest_rows["file"].astype(str).to_numpy()
@@ -166,10 +169,10 @@ def build_bank(
             manifest_rows["supplemental_kind"].to_numpy()[supp_rows],
             name=name,
             kind_override=kind_override,
-            train_emb=embeddings[train],
-            supp_emb=embeddings[supp_rows],
-            train_energy=None if energy is None else np.asarray(energy)[train],
-            supp_energy=None if energy is None else np.asarray(energy)[supp_rows],
+            train_emb=compared[train],
+            supp_emb=compared[supp_rows],
+            train_energy=None,
+            supp_energy=None,
         )
         accepted = supp_rows[kinds == "machine"]
         excluded = [{"file": files[row], "reason": reasons[j]} for j, row in enumerate(supp_rows) if kinds[j] == "noise"]

@@ -1,8 +1,9 @@
 """Per-epoch embeddings: every cached clip of one machine type through one epoch's model.
 
 Output HDF5 (``results/embeddings/<fold>/<machine>/epoch_<N>.h5``):
-``embeddings`` [N, E] float32, ``energy`` [N] (mean fbank over real frames, for the noise-only
-test), ``manifest/<column>`` as in the feature file, and attributes (epoch, backbone label).
+``embeddings`` [N, E] float32, ``spectrum`` [N, 128] (each clip's mean log-mel spectrum over its
+real frames minus its own mean: a gain-invariant, model-independent description that the
+noise-only test compares), ``manifest/<column>`` as in the feature file, and attributes (epoch, backbone label).
 """
 
 from __future__ import annotations
@@ -18,11 +19,19 @@ from tqdm import tqdm
 
 from asd.device import autocast, resolve_device, resolve_precision
 from asd.errors import AsdError
-from asd.features import read_manifest_group, write_manifest_group, load_features
+from asd.features import load_features
+from asd.store import write_manifest_group
 from asd.io import atomic_path
 from asd.model import backbone_label, load_epoch_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+def mean_spectrum(fbank: np.ndarray, frame_padding_mask: np.ndarray) -> np.ndarray:
+    """[N, frames, bins] fbank, [N, frames] padding mask -> [N, bins] mean log spectrum minus its mean."""
+    valid = (~frame_padding_mask).astype(np.float32)[:, :, None]  # [N, frames, 1]
+    spectrum = (fbank.astype(np.float32) * valid).sum(1) / np.maximum(valid.sum(1), 1)  # [N, bins]
+    return spectrum - spectrum.mean(axis=1, keepdims=True)  # a gain is an offset in the log domain
 
 
 @torch.no_grad()
@@ -44,26 +53,13 @@ def extract_embeddings(*, checkpoint_path: str, features_path: str, out_path: st
     if not np.isfinite(embeddings).all():
         raise AsdError(f"embeddings of {features_path} with {checkpoint_path} are not finite; the checkpoint "
                        f"is damaged: delete it and rerun the 'train' rule.")
-    valid = (~frame_mask).float().numpy()  # [N, frames]
-    energy = (features.fbank.astype(np.float32).mean(axis=2) * valid).sum(1) / np.maximum(valid.sum(1), 1)
+    spectrum = mean_spectrum(features.fbank, frame_mask.numpy())
     with atomic_path(out_path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as h5:
             h5.create_dataset("embeddings", data=embeddings)
-            h5.create_dataset("energy", data=energy.astype(np.float32))
+            h5.create_dataset("spectrum", data=spectrum)
             write_manifest_group(h5.create_group("manifest"), features.manifest)
             h5.attrs.update(epoch=ckpt["epoch"], backbone=backbone_label(ckpt["backbone"]),
                             random_init=bool(ckpt["backbone"]["random_init"]), precision=precision, complete=True)
     log.info("wrote %s: %d clips x %d dims (%s, %s)", out_path, *embeddings.shape, precision,
              backbone_label(ckpt["backbone"]))
-
-
-def load_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, dict]:
-    """(embeddings [N, E], energy [N], manifest, attributes) of a complete embedding file."""
-    rerun = f"delete it and rerun the 'embed' rule (snakemake --forcerun embed {path})"
-    try:
-        with h5py.File(path, "r") as h5:
-            if not h5.attrs.get("complete", False):
-                raise AsdError(f"embedding file {path} is incomplete; {rerun}.")
-            return (h5["embeddings"][()], h5["energy"][()], read_manifest_group(h5["manifest"]), dict(h5.attrs))
-    except (OSError, KeyError) as err:
-        raise AsdError(f"embedding file {path} is corrupt or truncated ({err}); {rerun}.") from None

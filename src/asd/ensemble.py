@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
+import logging
+
+import pandas as pd
+
+from asd.decision import decide, gamma_threshold
 from asd.errors import AsdError
+from asd.io import write_csv
+from asd.store import ROW_COLUMNS, order_score_table, read_scores
+
+log = logging.getLogger(__name__)
 
 
 def zscore_params(train_loo_scores: np.ndarray, *, name: str) -> tuple[float, float]:
@@ -62,3 +71,24 @@ def fuse(
         fused_test.append((np.asarray(epoch_scores[epoch], dtype=np.float64) - mean) / std)
         fused_train.append((np.asarray(epoch_train_loo[epoch], dtype=np.float64) - mean) / std)
     return np.mean(fused_test, axis=0), np.mean(fused_train, axis=0)  # [epochs, Q] -> [Q], [epochs, N] -> [N]
+
+
+def fuse_epochs(*, score_paths: list[str], epochs: list[int], out_path: str, machine: str, decision: dict) -> None:
+    """Ensemble: z-normalise each epoch with its bank (training) leave-one-out scores, average, decide."""
+    tables = {epoch: read_scores(path).set_index(["role", "split", "file"]) for epoch, path in zip(epochs, score_paths)}
+    tests = [t.xs("test", level="role", drop_level=False).index for t in tables.values()]
+    if any(not idx.equals(tests[0]) for idx in tests):
+        raise AsdError(f"{machine}: epochs {epochs} scored different test clips ({score_paths}); rerun 'knn'.")
+    # The automatic noise test may admit different supplemental clips at different epochs: fuse the
+    # bank clips every epoch shares, so each epoch's normalisation uses the same training clips.
+    bank = sorted(set.intersection(*(set(t.xs("bank", level="role", drop_level=False).index) for t in tables.values())))
+    keys = list(tests[0]) + bank
+    fused_test, fused_bank = fuse({e: t.loc[tests[0], "score"].to_numpy() for e, t in tables.items()},
+                                  {e: t.loc[bank, "score"].to_numpy() for e, t in tables.items()},
+                                  epochs, name=machine)
+    out = tables[epochs[0]].loc[keys, ROW_COLUMNS[2:]].reset_index()
+    out["score"] = np.concatenate([fused_test, fused_bank])
+    threshold = gamma_threshold(fused_bank, decision["quantile"], name=f"{machine} ensemble {epochs}")
+    out["decision"] = decide(out["score"].to_numpy(), threshold)
+    write_csv(out_path, order_score_table(out))
+    log.info("%s: fused epochs %s, threshold %.4f", machine, epochs, threshold)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from asd.audio import load_audio
 from asd.beats import fbank
 from asd.errors import AsdError
+from asd.store import read_manifest_group, write_manifest_group
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +47,6 @@ def crop_or_pad(waveform: np.ndarray, length: int) -> tuple[np.ndarray, int]:
     clip = np.zeros(length, dtype=np.float32)
     clip[:real] = waveform[:real]
     return clip, real
-
-
-def write_manifest_group(group: h5py.Group, rows: pd.DataFrame) -> None:
-    for column in rows.columns:
-        values = rows[column].to_numpy()
-        if values.dtype.kind in "iuf":
-            group.create_dataset(column, data=values)
-        else:
-            group.create_dataset(column, data=np.array([str(v) for v in values], dtype=h5py.string_dtype()))
-
-
-def read_manifest_group(group: h5py.Group) -> pd.DataFrame:
-    columns = {}
-    for column, dataset in group.items():
-        values = dataset[()]
-        columns[column] = values.astype(str) if values.dtype.kind in "OS" else values
-    return pd.DataFrame(columns)
 
 
 def cache_features(*, manifest: pd.DataFrame, machine: str, out_path: str | os.PathLike, sample_rate: int,

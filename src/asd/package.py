@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from asd.features import num_frames
 from asd.model import load_epoch_checkpoint
-from asd.scoring import read_scores
+from asd.store import read_scores
 from asd.submission import build_archive, meta_yaml, write_system
 from asd.tables import ALL, ROWS
 

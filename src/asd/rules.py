@@ -87,7 +87,7 @@ def knn(job) -> None:
 
 
 def ensemble(job) -> None:
-    from asd.scoring import fuse_epochs
+    from asd.ensemble import fuse_epochs
 
     fuse_epochs(score_paths=list(job.input), epochs=list(job.params.epochs), out_path=job.output[0],
                 machine=job.wildcards.machine, decision=job.params.decision)

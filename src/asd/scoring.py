@@ -17,21 +17,19 @@ import pandas as pd
 
 from asd.bank import build_bank
 from asd.decision import decide, gamma_threshold
-from asd.embed import load_embeddings
-from asd.ensemble import fuse
+from asd.store import ROW_COLUMNS, load_embeddings, order_score_table
 from asd.errors import AsdError
 from asd.io import write_csv, write_json
 from asd.knn import DomainNormaliser, leave_one_out_scores, score_domains
 
 log = logging.getLogger(__name__)
-ROW_COLUMNS = ["split", "file", "domain", "label", "attributes"]
 
 
 def write_bank(*, embeddings_path: str, out_path: str, machine: str, kind_override: str | None,
                use_supplemental: bool) -> None:
-    embeddings, energy, manifest, attrs = load_embeddings(embeddings_path)
+    embeddings, spectrum, manifest, attrs = load_embeddings(embeddings_path)
     bank = build_bank(manifest, embeddings, name=machine, kind_override=kind_override,
-                      use_supplemental=use_supplemental, energy=energy)
+                      use_supplemental=use_supplemental, test_features=spectrum)
     record = {"machine": machine, "epoch": int(attrs["epoch"]), "backbone": str(attrs["backbone"]),
               **bank.composition}
     write_json(out_path, record)
@@ -75,41 +73,7 @@ def score_epoch(*, embeddings_path: str, bank_path: str, out_path: str, machine:
         manifest.loc[bank_index, ROW_COLUMNS].assign(role="bank", score=bank_score),
     ], ignore_index=True)
     table["decision"] = decide(table["score"].to_numpy(), threshold)
-    write_csv(out_path, _ordered(table))
+    write_csv(out_path, order_score_table(table))
     log.info("%s epoch %s: %d test clips scored against %s banks (k=%d), threshold %.4f, %d flagged",
              machine, attrs["epoch"], len(test), "/".join(banks), k, threshold,
              int(table.loc[table.role == "test", "decision"].sum()))
-
-
-def _ordered(table: pd.DataFrame) -> pd.DataFrame:
-    first = ["role"] + ROW_COLUMNS + ["score", "decision"]
-    table = table[first + [c for c in table.columns if c not in first]]
-    return table.sort_values(["role", "split", "file"], ascending=[False, True, True], ignore_index=True)
-
-
-def read_scores(path: str) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, dtype={"attributes": str, "file": str}, keep_default_na=False)
-    except (OSError, pd.errors.ParserError) as err:
-        raise AsdError(f"score file {path} cannot be read ({err}); delete it and rerun the rule that wrote it.") from None
-
-
-def fuse_epochs(*, score_paths: list[str], epochs: list[int], out_path: str, machine: str, decision: dict) -> None:
-    """Ensemble: z-normalise each epoch with its bank (training) leave-one-out scores, average, decide."""
-    tables = {epoch: read_scores(path).set_index(["role", "split", "file"]) for epoch, path in zip(epochs, score_paths)}
-    tests = [t.xs("test", level="role", drop_level=False).index for t in tables.values()]
-    if any(not idx.equals(tests[0]) for idx in tests):
-        raise AsdError(f"{machine}: epochs {epochs} scored different test clips ({score_paths}); rerun 'knn'.")
-    # The automatic noise test may admit different supplemental clips at different epochs: fuse the
-    # bank clips every epoch shares, so each epoch's normalisation uses the same training clips.
-    bank = sorted(set.intersection(*(set(t.xs("bank", level="role", drop_level=False).index) for t in tables.values())))
-    keys = list(tests[0]) + bank
-    fused_test, fused_bank = fuse({e: t.loc[tests[0], "score"].to_numpy() for e, t in tables.items()},
-                                  {e: t.loc[bank, "score"].to_numpy() for e, t in tables.items()},
-                                  epochs, name=machine)
-    out = tables[epochs[0]].loc[keys, ROW_COLUMNS[2:]].reset_index()
-    out["score"] = np.concatenate([fused_test, fused_bank])
-    threshold = gamma_threshold(fused_bank, decision["quantile"], name=f"{machine} ensemble {epochs}")
-    out["decision"] = decide(out["score"].to_numpy(), threshold)
-    write_csv(out_path, _ordered(out))
-    log.info("%s: fused epochs %s, threshold %.4f", machine, epochs, threshold)

@@ -17,7 +17,7 @@ import scipy.stats
 from asd.errors import AsdError
 from asd.io import write_csv, write_json, write_text
 from asd.metrics import EPS, machine_metrics, official_score
-from asd.scoring import read_scores
+from asd.store import read_scores
 
 ROWS = {"AUC Source": "AUC_source", "AUC Target": "AUC_target", "pAUC": "pAUC"}
 ALL = "All (hmean)"

@@ -22,9 +22,9 @@ def fold_dataset(wildcards):
     return cfg.fold_dataset(config, wildcards.fold)
 
 
-def fold_features(wildcards):
+def fold_features_ancient(wildcards):
     dataset = cfg.fold_dataset(config, wildcards.fold)
-    return [f"results/features/{dataset}/{m}.h5" for m in cfg.fold_machine_types(config, wildcards.fold)]
+    return [ancient(f"results/features/{dataset}/{m}.h5") for m in cfg.fold_machine_types(config, wildcards.fold)]
 
 
 def machine_features(wildcards):

@@ -329,7 +329,8 @@ def _node_hardware() -> str:
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM when the test process dies, so no daemon outlives a killed run."""
+    """Runs in the child before exec: SIGTERM when the starting thread (the test process) dies, so a killed
+    test run leaves no daemon behind."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
@@ -345,7 +346,9 @@ def _stop(process: subprocess.Popen, *, grace_s: float = 20.0) -> None:
         process.wait(timeout=grace_s)
 
 
-def write_test_profile(*, source: Path, dest: Path, cluster: LocalSlurm, settings: Mapping[str, object] | None = None) -> Path:
+def write_test_profile(
+    *, source: Path, dest: Path, cluster: LocalSlurm, settings: Mapping[str, object] | None = None
+) -> Path:
     """Copy the Snakemake profile ``source``/config.yaml into ``dest``, pointed at ``cluster``.
 
     Every partition becomes the cluster's, the account its account, and cpus_per_task / mem_mb / gpu

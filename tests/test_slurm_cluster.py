@@ -72,10 +72,8 @@ def test_snakemake_runs_dependent_rules_as_slurm_jobs_through_the_profile(cluste
         logs = list((tmp_path / "slurm-logs" / f"rule_{rule}").glob("*.log"))
         assert len(logs) == 1, f"rule {rule}: sbatch logs {logs}"
         job_ids[rule] = logs[0].stem
-    accounting = {
-        rule: cluster.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State,Account,Partition,AllocTRES"]).stdout.strip()
-        for rule, job_id in job_ids.items()
-    }
+    sacct = ["sacct", "-X", "-n", "-P", "-o", "State,Account,Partition,AllocTRES", "-j"]
+    accounting = {rule: cluster.run([*sacct, job_id]).stdout.strip() for rule, job_id in job_ids.items()}
     for rule, row in accounting.items():
         state, account, partition, _ = row.split("|")
         assert (state, account, partition) == ("COMPLETED", cluster.account, cluster.partition), (rule, row)
@@ -105,8 +103,9 @@ def _snakemake(args: list[str], *, cwd: Path, cluster: LocalSlurm, timeout_s: fl
     try:
         return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=cluster.env,
                               capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"snakemake did not finish in {timeout_s:.0f} s:\n{error.stderr}\n{_sbatch_logs(cwd)}\n{cluster.log_tails()}")
+    except subprocess.TimeoutExpired as error:  # its captured output is bytes, whatever text=True says
+        stderr = (error.stderr or b"").decode(errors="replace")[-6000:]
+        pytest.fail(f"snakemake did not finish in {timeout_s:.0f} s:\n{stderr}\n{_sbatch_logs(cwd)}\n{cluster.log_tails()}")
 
 
 def _sbatch_logs(workdir: Path) -> str:

@@ -4,6 +4,8 @@
 rule demo_data:
     output:
         directory("results/demo_data/dcase"),
+    params:
+        demo=config["demo_data"],
     log:
         "results/logs/demo_data.log",
     conda:

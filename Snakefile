@@ -1,10 +1,13 @@
 # asd: BEATs + LoRA + ArcFace + KNN anomalous sound detection (DCASE 2025 Task 2).
 # Stages, each a rule writing under results/<stage>/: index -> features -> train -> embed ->
 # bank -> knn -> ensemble -> metrics -> tables -> submission. See README.md.
+import os
+
 from asd.config import validate_config
 
 
-configfile: "config.yaml"
+# config.yaml beside this Snakefile (also when run with --directory elsewhere), then --configfile overlays.
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 config = validate_config(config, source="config (config.yaml + --configfile overlays)")

@@ -1,4 +1,4 @@
-# Helpers shared by the rule modules: config queries, wildcard constraints, input functions.
+# Helpers shared by the other modules (config queries, wildcard constraints, input functions).
 import asd.config as cfg
 
 

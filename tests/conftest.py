@@ -65,3 +65,13 @@ def train_settings(**train) -> dict:
 @pytest.fixture(scope="session")
 def synthetic_fold(tmp_path_factory) -> list[Path]:
     return write_fold(tmp_path_factory.mktemp("fold"))
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory) -> Path:
+    """One local run of the whole workflow on the tiny test overlay, shared by the workflow tests."""
+    from workflow_runner import run_workflow
+
+    workdir = tmp_path_factory.mktemp("reference")
+    run_workflow(workdir)
+    return workdir

@@ -21,13 +21,6 @@ pytestmark = pytest.mark.slow
 RANDOM_INIT = "random-init backbone"
 
 
-@pytest.fixture(scope="session")
-def reference_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("reference")
-    run_workflow(workdir)
-    return workdir
-
-
 def test_outputs_tables_and_random_init_labels(reference_run):
     results = reference_run / "results"
     for fold, machines in (("dev", ["fan", "valve"]), ("eval", ["Polisher"])):

@@ -13,11 +13,15 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 config = validate_config(config, source="config (config.yaml + --configfile overlays)")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/plots.smk"
 
 
 rule all:

@@ -90,8 +90,9 @@ def test_one_machine_type_regenerated_in_isolation(reference_run, tmp_path):
     run_workflow(workdir, "--forcerun", "results/features/dev/fan.h5")
     changed = {str(p.relative_to(workdir / "results")) for p in before if p.stat().st_mtime_ns != before[p]}
     assert "features/dev/fan.h5" in changed
-    # the dev tables, and the submission whose meta.yaml reports them, are assembled from per-machine files
-    dev_tables = ("tables/dev/", "logs/table/dev/", "logs/summary/dev", "submission/", "logs/submission/")
+    # the dev tables and plots, and the submission whose meta.yaml reports them, are assembled from per-machine files
+    dev_tables = ("tables/dev/", "logs/table/dev/", "logs/summary/dev", "submission/", "logs/submission/",
+                  "plots/dev/", "logs/plots_scores/dev")
     assert [c for c in changed if "dev/fan" not in c and not c.startswith(dev_tables)] == []
     assert not any(c.startswith("models/") for c in changed)
     assert any(c.startswith("scores/dev/fan/") for c in changed) and any(c.startswith("tables/dev/") for c in changed)

@@ -62,9 +62,16 @@ def load_config(*paths: str | Path) -> dict:
         if not path.is_file():
             raise AsdError(f"config file {path} does not exist; pass an existing YAML file (e.g. config.yaml).")
         try:
-            config = deep_merge(config, yaml.safe_load(path.read_text()) or {})
+            loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise AsdError(f"config file {path} is not valid YAML: {err}") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err)
+            raise AsdError(f"config file {path} is not valid YAML: {problem}{where}; fix the syntax there.") from None
+        if not isinstance(loaded, dict):
+            raise AsdError(f"config file {path} holds a {type(loaded).__name__}, not a mapping of keys; write it as "
+                           "`key: value` lines (e.g. `train: {epochs: 30}`).")
+        config = deep_merge(config, loaded)
     return validate_config(config, source=" + ".join(str(p) for p in paths))
 
 
@@ -74,8 +81,10 @@ def validate_config(config: dict, *, source: str = "config") -> dict:
     if errors:
         err = errors[0]
         key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
-        raise AsdError(f"{source}: config key '{key}': {err.message}. Fix the value "
-                       f"(see its description in {SCHEMA_PATH.relative_to(REPO_ROOT)}).")
+        # An unknown key is usually a typo: the fix is its name, not its value.
+        fix = "Remove or rename the key" if err.validator == "additionalProperties" else "Fix the value"
+        raise AsdError(f"{source}: config key '{key}': {err.message}. {fix} "
+                       f"(see the keys and their descriptions in {SCHEMA_PATH.relative_to(REPO_ROOT)}).")
     _check_references(config, source)
     return config
 
@@ -90,9 +99,13 @@ def _check_references(config: dict, source: str) -> None:
         if unknown:
             raise AsdError(f"{source}: config key 'folds.{fold}.machine_types' names {unknown}, which are not "
                            f"machine types of dataset '{spec['dataset']}' "
-                           f"({datasets[spec['dataset']]['machine_types']}); add them there or remove them.")
-    if set(config["folds"]) & set(datasets) - {f for f, s in config["folds"].items() if s["dataset"] == f}:
-        raise AsdError(f"{source}: a fold may share its name only with its own dataset; rename the fold.")
+                           f"({datasets[spec['dataset']]['machine_types']}); add them to "
+                           f"datasets.{spec['dataset']}.machine_types or remove them from the fold.")
+    own_names = {fold for fold, spec in config["folds"].items() if spec["dataset"] == fold}
+    clashing = sorted(set(config["folds"]) & set(datasets) - own_names)
+    if clashing:
+        raise AsdError(f"{source}: config key 'folds' names {clashing}, which are datasets other than the folds' "
+                       f"own; a fold may share its name only with its own dataset, so rename the fold.")
     epochs = config["train"]["epochs"]
     for name, fused in config["ensembles"].items():
         late = [e for e in fused if e > epochs]
@@ -102,10 +115,11 @@ def _check_references(config: dict, source: str) -> None:
     scored = config["scoring"]["epochs"]
     if scored != "all" and max(scored) > epochs:
         raise AsdError(f"{source}: config key 'scoring.epochs' lists epoch {max(scored)} beyond train.epochs "
-                       f"({epochs}).")
+                       f"({epochs}); use epochs between 1 and {epochs}, or all.")
     unknown_kinds = sorted(set(config["supplemental_kinds"]) - set(all_machine_types(config)))
     if unknown_kinds:
-        raise AsdError(f"{source}: config key 'supplemental_kinds' names unknown machine types {unknown_kinds}.")
+        raise AsdError(f"{source}: config key 'supplemental_kinds' names unknown machine types {unknown_kinds}; "
+                       f"use machine types listed under datasets.<name>.machine_types, or remove them.")
     submission = config["submission"]
     for key in ("fold", "dev_fold"):
         if submission[key] is not None and submission[key] not in config["folds"]:

@@ -64,8 +64,9 @@ def cache_features(*, manifest: pd.DataFrame, machine: str, out_path: str | os.P
     if done == 0:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(partial, "w") as h5:
+            # fletcher32: a damaged clip is refused when read instead of feeding garbage to training.
             h5.create_dataset("fbank", shape=(len(rows), frames, NUM_MEL_BINS), dtype=dtype,
-                              chunks=(1, frames, NUM_MEL_BINS))
+                              chunks=(1, frames, NUM_MEL_BINS), fletcher32=True)
             h5.create_dataset("num_samples", shape=(len(rows),), dtype="int64")
             write_manifest_group(h5.create_group("manifest"), rows)
             h5.attrs.update(sample_rate=sample_rate, clip_seconds=clip_seconds, done=0, complete=False)
@@ -121,9 +122,9 @@ class FeatureSet:
 def load_features(path: str | os.PathLike, *, splits: list[str] | None = None) -> FeatureSet:
     """Read a complete feature file (optionally only some splits); a damaged file is refused."""
     path = Path(path)
-    rerun = f"delete it and rerun the 'features' rule (snakemake --forcerun features {path})"
+    rerun = f"rebuild it with the 'features' rule (snakemake --forcerun {path})"
     if not path.is_file():
-        raise AsdError(f"feature file {path} does not exist; run the 'features' rule (snakemake {path}).")
+        raise AsdError(f"feature file {path} does not exist; build it with the 'features' rule (snakemake {path}).")
     try:
         with h5py.File(path, "r") as h5:
             if not h5.attrs.get("complete", False):

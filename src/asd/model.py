@@ -205,11 +205,12 @@ def load_epoch_checkpoint(path, *, backbone_settings: dict, device: str | torch.
     """Rebuild the model of an epoch checkpoint on top of the configured backbone (identity checked)."""
     from asd.errors import AsdError
 
-    rule = f"delete it and rerun the 'train' rule for its fold (snakemake --forcerun train {path})"
+    rule = f"delete it and rerun the 'train' rule for its fold (snakemake --forcerun {path})"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated / foreign files
-        raise AsdError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); {rule}.") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""  # torch's full text is a page long
+        raise AsdError(f"checkpoint {path} cannot be read ({type(err).__name__}: {reason}); {rule}.") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise AsdError(f"{path} is not an asd epoch checkpoint (format {CHECKPOINT_FORMAT}); {rule}.")
     backbone, identity = build_backbone(backbone_settings)

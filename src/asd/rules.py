@@ -121,3 +121,25 @@ def submission(job) -> None:
     build_submission(zip_path=job.output[0], score_paths=list(job.input.scores), dev_tables=list(job.input.dev_tables),
                      checkpoint_path=job.input.checkpoint, machine_types=list(job.params.machine_types),
                      submission=dict(job.params.submission), backbone_settings=dict(job.params.backbone))
+
+
+def plots_scores(job) -> None:
+    from asd.report import plot_fold_scores
+
+    plot_fold_scores(score_paths=list(job.input.scores), machines=list(job.params.machines),
+                     systems=list(job.params.systems), train_log_path=job.input.train_log,
+                     roc_paths=list(job.output.roc), histogram_paths=list(job.output.histograms),
+                     fold=job.wildcards.fold)
+
+
+def plots_training(job) -> None:
+    from asd.report import plot_training
+
+    plot_training(train_log_path=job.input[0], out_path=job.output[0], fold=job.wildcards.fold)
+
+
+def plots_embeddings(job) -> None:
+    from asd.report import plot_embeddings
+
+    plot_embeddings(embeddings_path=job.input.embeddings, bank_path=job.input.bank, out_path=job.output[0],
+                    fold=job.wildcards.fold, machine=job.wildcards.machine)

@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 def write_bank(*, embeddings_path: str, out_path: str, machine: str, kind_override: str | None,
                use_supplemental: bool) -> None:
     embeddings, spectrum, manifest, attrs = load_embeddings(embeddings_path)
-    bank = build_bank(manifest, embeddings, name=machine, kind_override=kind_override,
-                      use_supplemental=use_supplemental, test_features=spectrum)
+    try:
+        bank = build_bank(manifest, embeddings, name=machine, kind_override=kind_override,
+                          use_supplemental=use_supplemental, test_features=spectrum)
+    except AsdError as err:  # build_bank knows the machine type only; the user needs the file too
+        raise AsdError(f"memory bank from {embeddings_path}: {err}") from None
     record = {"machine": machine, "epoch": int(attrs["epoch"]), "backbone": str(attrs["backbone"]),
               **bank.composition}
     write_json(out_path, record)
@@ -44,8 +47,8 @@ def _bank_rows(manifest: pd.DataFrame, members: list[str], bank_path: str) -> np
     by_file = pd.Series(candidates.index, index=candidates["file"])
     missing = sorted(set(members) - set(by_file.index))
     if missing:
-        raise AsdError(f"{bank_path} lists clips {missing[:3]} that the embeddings do not hold; rerun the "
-                       f"'bank' rule (snakemake --forcerun bank {bank_path}).")
+        raise AsdError(f"{bank_path} lists clips {missing[:3]} that the embeddings do not hold; rebuild it with "
+                       f"the 'bank' rule (snakemake --forcerun {bank_path}).")
     return by_file.loc[members].to_numpy()
 
 
@@ -60,10 +63,11 @@ def score_epoch(*, embeddings_path: str, bank_path: str, out_path: str, machine:
         rows = {"all": np.concatenate([rows["source"], rows["target"]])}
         banks = {"all": embeddings[rows["all"]]}
     k = scoring["k"]
-    normaliser = DomainNormaliser.fit(banks, k, name=machine) if scoring["domain_normalisation"] else None
+    where = f"{machine} in {bank_path}"  # how KNN errors (empty bank, k too large) name the bank
+    normaliser = DomainNormaliser.fit(banks, k, name=where) if scoring["domain_normalisation"] else None
     test = np.flatnonzero(manifest["split"].to_numpy() == "test")
-    test_score, test_domains = score_domains(embeddings[test], banks, k, name=machine, normaliser=normaliser)
-    loo = leave_one_out_scores(banks, k, name=machine, normaliser=normaliser)
+    test_score, test_domains = score_domains(embeddings[test], banks, k, name=where, normaliser=normaliser)
+    loo = leave_one_out_scores(banks, k, name=where, normaliser=normaliser)
     bank_index = np.concatenate([rows[d] for d in loo])
     bank_score = np.concatenate(list(loo.values()))
     threshold = gamma_threshold(bank_score, decision["quantile"], name=f"{machine} epoch {attrs['epoch']}")

@@ -33,7 +33,9 @@ def read_manifest_group(group: h5py.Group) -> pd.DataFrame:
 
 def load_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, dict]:
     """(embeddings [N, E], spectrum [N, 128], manifest, attributes) of a complete embedding file."""
-    rerun = f"delete it and rerun the 'embed' rule (snakemake --forcerun embed {path})"
+    rerun = f"rebuild it with the 'embed' rule (snakemake --forcerun {path})"
+    if not os.path.isfile(path):
+        raise AsdError(f"embedding file {path} does not exist; build it with the 'embed' rule (snakemake {path}).")
     try:
         with h5py.File(path, "r") as h5:
             if not h5.attrs.get("complete", False):

@@ -178,6 +178,14 @@ def _link(source: Path, dest: str) -> None:
     os.replace(tmp, dest)
 
 
+def _loads(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+        return True
+    except Exception:  # missing, truncated or foreign: torch raises several types
+        return False
+
+
 def _resume(state_dir: Path, run_key: str, model: ASDModel, optimizer, checkpoint_paths: list[str]):
     """(history, first epoch to run); restores model and optimizer from the last finished epoch of this run."""
     last = state_dir / "last.pt"
@@ -190,6 +198,11 @@ def _resume(state_dir: Path, run_key: str, model: ASDModel, optimizer, checkpoin
         return [], 1
     if state.get("run_key") != run_key:
         log.info("resume state %s belongs to another configuration; training from scratch", last)
+        return [], 1
+    kept = [state_dir / Path(checkpoint_paths[e - 1]).name for e in range(1, state["epoch"] + 1)]
+    damaged = [p for p in kept if not _loads(p)]
+    if damaged:
+        log.warning("kept checkpoints %s are damaged; training from scratch", [str(p) for p in damaged])
         return [], 1
     model.load_trained_state(state["state"])
     optimizer.load_state_dict(state["optimizer"])

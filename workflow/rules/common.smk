@@ -46,6 +46,10 @@ def ensemble_scores(wildcards):
 
 
 def fold_system_metrics(wildcards):
+    if not cfg.fold_has_labels(config, wildcards.fold):
+        dataset = cfg.fold_dataset(config, wildcards.fold)
+        raise ValueError(f"fold '{wildcards.fold}' cannot be evaluated: the test clips of dataset '{dataset}' "
+                         f"have no labels; set datasets.{dataset}.ground_truth (e.g. eval_data_list_2025.csv).")
     machines = cfg.fold_machine_types(config, wildcards.fold)
     return [f"results/metrics/{wildcards.fold}/{m}/{wildcards.system}.json" for m in machines]
 
@@ -77,4 +81,4 @@ def all_targets():
         targets.append(f"results/tables/{fold}/summary.md")
     if config["submission"]["fold"] in FOLDS:
         targets.append(f"results/submission/{config['submission']['archive']}.zip")
-    return targets
+    return targets + PLOT_TARGETS  # defined in plots.smk

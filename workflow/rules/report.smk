@@ -20,7 +20,8 @@ rule table:
         train_log="results/models/{fold}/train_log.csv",
     output:
         csv="results/tables/{fold}/{system}.csv",
-        md="results/tables/{fold}/{system}.md",
+        md=report("results/tables/{fold}/{system}.md", caption="../report/table.rst", category="Tables",
+                  subcategory="{fold}", labels={"system": "{system}"}),
     log:
         "results/logs/table/{fold}/{system}.log",
     conda:
@@ -35,7 +36,8 @@ rule summary:
         train_log="results/models/{fold}/train_log.csv",
     output:
         csv="results/tables/{fold}/summary.csv",
-        md=report("results/tables/{fold}/summary.md", category="Tables"),
+        md=report("results/tables/{fold}/summary.md", category="Tables", subcategory="{fold}",
+                  labels={"fold": "{fold}", "table": "summary"}),
     params:
         systems=cfg.systems(config),
     log:

@@ -54,14 +54,15 @@ def _evaluate(args) -> None:
         print(f"JSON written to {args.json}")
 
 
-def _check_submission(args) -> None:
+def _check_submission(args) -> int:
     from asd.submission import check_submission
 
     problems = check_submission(args.zip, machines=args.machine or None)
     if problems:
         print(f"{args.zip} is NOT a valid submission:", *(f"  - {p}" for p in problems), sep="\n")
-        raise SystemExit(1)
+        return 1
     print(f"{args.zip}: valid submission archive")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,11 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args) or 0
     except AsdError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -110,3 +110,16 @@ def test_bad_config_value_fails_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "config key 'train.epochs': 0 is less than the minimum of 1" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_training_on_the_demo_dataset_lowers_loss_and_raises_accuracy(reference_run, tmp_path):
+    from asd.train import train_fold
+    from conftest import train_settings
+
+    features = sorted(str(p) for p in (reference_run / "results" / "features" / "dev").glob("*.h5"))
+    settings = train_settings(epochs=8, learning_rate=3e-3, batch_size=4)
+    train_fold(fold="dev", feature_paths=features, checkpoint_paths=[str(tmp_path / f"epoch_{e}.pt") for e in range(1, 9)],
+               log_path=str(tmp_path / "train_log.csv"), settings=settings)
+    log = pd.read_csv(tmp_path / "train_log.csv")
+    assert log["loss"].iloc[-1] < 0.7 * log["loss"].iloc[0]
+    assert log["accuracy"].iloc[-1] > log["accuracy"].iloc[0]

@@ -2,6 +2,10 @@
 # Stages, each a rule writing under results/<stage>/: index -> features -> train -> embed ->
 # bank -> knn -> ensemble -> metrics -> tables -> submission. See README.md.
 import os
+import sys
+
+# This checkout's asd package, also where it is not installed (the scripts do the same).
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from asd.config import validate_config
 

@@ -1,4 +1,9 @@
-# Thin wrapper: the logic is asd.rules.bank (testable without Snakemake).
-from asd.rules import bank, run
+# Thin wrapper: the logic is asd.rules.bank (testable without Snakemake). `snakemake` is injected
+# by the script directive; src/ goes first on the path so that conda envs use this checkout's asd.
+import sys
 
-run(snakemake, bank)  # noqa: F821 (snakemake is injected by the script directive)
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # noqa: F821
+
+from asd.rules import bank, run  # noqa: E402
+
+run(snakemake, bank)  # noqa: F821

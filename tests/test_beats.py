@@ -24,10 +24,8 @@ from asd.beats import (
     relative_position_bucket,
 )
 from asd.errors import AsdError
+from conftest import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if not SHARED.is_dir() and "ASD_SHARED" in os.environ:
-    SHARED = Path(os.environ["ASD_SHARED"])
 CONFORMANCE = SHARED / "conformance"
 TINY_CKPT = CONFORMANCE / "beats_tiny_ckpt.pt"
 

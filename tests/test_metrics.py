@@ -18,9 +18,11 @@ from asd.groundtruth import (
 )
 from asd.metrics import evaluate_dir, format_table, machine_metrics, official_score
 
-EVALUATOR = Path("/work/shared/conformance/evaluator")
+from conftest import SHARED  # noqa: E402
+
+EVALUATOR = SHARED / "conformance" / "evaluator"
 TEAM = EVALUATOR / "teams" / "team_conformance"
-EVAL_LIST = Path("/work/shared/reference/ground-truth/eval_data_list_2025.csv")
+EVAL_LIST = SHARED / "reference" / "ground-truth" / "eval_data_list_2025.csv"
 EXPECTED = json.loads((EVALUATOR / "expected.json").read_text())
 SYSTEMS = sorted(EXPECTED["systems"])
 TOL = 1e-9

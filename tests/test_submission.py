@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from asd.errors import AsdError
+from conftest import SHARED
 from asd.metrics import evaluate_dir
 from asd.submission import (
     PackagedSystem,
@@ -235,7 +236,7 @@ def test_check_submission_on_a_non_zip(tmp_path):
 
 
 def test_dev_results_from_evaluation_in_percent():
-    folder = "/work/shared/conformance/evaluator"
+    folder = str(SHARED / "conformance" / "evaluator")
     result = evaluate_dir(f"{folder}/teams/team_conformance/sys2_informative", folder, machines=["3DPrinter"])
     assert dev_results_from_evaluation(result) == {
         "3DPrinter": {"auc_source": 84.06, "auc_target": 81.2, "pauc": 71.53}}

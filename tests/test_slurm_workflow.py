@@ -37,7 +37,7 @@ def test_demo_workflow_through_slurm_profile_equals_local_run(reference_run, tmp
     # Every rule's job (all but the local target rule `all`) ran as an sbatch job and completed.
     rules_run = {log.relative_to(workdir / "slurm-logs").parts[0].removeprefix("rule_") for log in sbatch_logs.values()}
     assert rules_run == {"demo_data", "index", "features", "train", "embed", "bank", "knn", "ensemble", "metrics",
-                         "table", "summary", "submission"}
+                         "table", "summary", "submission", "plots_scores", "plots_training", "plots_embeddings"}
     completed = {row.split("|")[0] for row in accounted if row.split("|")[2] == "COMPLETED"}
     assert set(sbatch_logs) <= completed, "every job id in the logs is COMPLETED in sacct"
     local_log = (workdir / "results" / "logs" / "train" / "dev.log").read_text()

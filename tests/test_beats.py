@@ -239,3 +239,24 @@ def test_unreadable_files_name_the_file(tiny_state, tmp_path):
             load_beats(path)
     with pytest.raises(AsdError, match="absent.pt"):
         checkpoint_sha256(tmp_path / "absent.pt")
+
+
+def test_fft_position_conv_equals_grouped_conv1d_and_cache_follows_weights():
+    from asd.beats import _WeightNormConv1d
+
+    torch.manual_seed(0)
+    conv = _WeightNormConv1d(32, 16, 4, init_std=0.1)
+    x = torch.randn(2, 50, 32)
+
+    def direct(module):  # the reference: weight-normalised grouped Conv1d, padding K//2, first N steps
+        weight = module.weight_v * (module.weight_g / module._norm(module.weight_v))
+        out = torch.nn.functional.conv1d(x.transpose(1, 2), weight, module.bias, padding=8, groups=4)
+        return out[..., :50].transpose(1, 2)
+
+    with torch.no_grad():
+        assert torch.allclose(conv(x), direct(conv), atol=1e-5)
+        conv.weight_g.mul_(2.0)  # an in-place edit must invalidate the cached kernel spectrum
+        assert torch.allclose(conv(x), direct(conv), atol=1e-5)
+        other = _WeightNormConv1d(32, 16, 4, init_std=0.1)
+        conv.load_state_dict(other.state_dict())
+        assert torch.allclose(conv(x), direct(other), atol=1e-5)

@@ -2,10 +2,14 @@
 
 Loads the official microsoft/unilm BEATs checkpoints (``{'cfg', 'model'}``) with
 ``load_state_dict(strict=True)`` and reproduces the reference numbers (conformance-tested in
-float32). Differences from the reference are speed-only: attention runs through
-``scaled_dot_product_attention`` with the gated relative position bias as an additive mask, the
-relative-position bucket table is cached per sequence length, and the encoder can be truncated
-to its first ``num_layers`` blocks (the rest is never built).
+float32). Differences from the reference are speed-only (bench/bench_backbone.py measures them):
+
+- attention runs through ``scaled_dot_product_attention`` with the gated relative position bias
+  as an additive mask in the compute dtype, built from a contiguous [H, N, N] bias table;
+- the convolutional position embedding is evaluated by FFT (same result within float32 rounding);
+- tables that depend only on frozen weights (weight-normalised conv kernel spectrum, position
+  bias) are cached until those weights change, and the bucket table per sequence length;
+- the encoder can be truncated to its first ``num_layers`` blocks (the rest is never built).
 
 Shapes: B clips, S samples, F fbank frames, N tokens (time-major: token = t'·(128/16) + f'),
 E encoder width, H heads, D head width.
@@ -202,8 +206,38 @@ def _bucket_matrix(length: int, num_buckets: int, max_distance: int, device: tor
 
 
 def _gelu_float32(x: Tensor) -> Tensor:
-    # The reference evaluates GELU in float32 and casts back, which keeps bf16/fp16 runs accurate.
-    return F.gelu(x.float()).type_as(x)
+    # The reference evaluates GELU in float32 and casts back. PyTorch's CPU and CUDA kernels already
+    # compute bf16/fp16 GELU in float32 and round once (bit-identical), so the two casts are skipped.
+    return F.gelu(x)
+
+
+def _fft_size(length: int) -> int:
+    """Smallest 2^a or 3·2^a >= length: FFT sizes with large prime factors (e.g. 5^4) run ~4x slower."""
+    power = 1 << max(length - 1, 1).bit_length()
+    return 3 * power // 4 if 3 * power // 4 >= length else power
+
+
+class _FrozenCache:
+    """One derived tensor, kept while its source tensors are unchanged and need no gradient.
+
+    Unchanged = same storage and in-place version counter (load_state_dict, optimizer steps and
+    ``.to()`` all change one of them). With gradients needed the value is recomputed every call.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._value: Tensor | None = None
+
+    def get(self, sources: tuple[Tensor, ...], extra: tuple, compute) -> Tensor:
+        if any(t.is_inference() for t in sources) or (torch.is_grad_enabled() and any(t.requires_grad for t in sources)):
+            return compute()
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources) + extra
+        if key != self._key:
+            # A normal (non-inference) tensor, so a later grad-enabled forward may save it for backward.
+            with torch.inference_mode(False), torch.no_grad():
+                self._value = compute()
+            self._key = key
+        return self._value
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -220,12 +254,18 @@ class _ScaleGradient(torch.autograd.Function):
 
 
 class _WeightNormConv1d(nn.Module):
-    """Grouped Conv1d under legacy weight normalisation over dim 2 (checkpoint keys weight_g / weight_v)."""
+    """Grouped Conv1d under legacy weight normalisation over dim 2 (checkpoint keys weight_g / weight_v).
+
+    Evaluated as an FFT convolution in float32: with the 128-tap kernel of iter3 the direct grouped
+    conv is the slowest op of a forward on CPU (~10x slower, and bf16 only ~3x faster); the FFT result
+    equals ``F.conv1d(..., padding=K//2, groups=G)[..., :N]`` within float32 rounding (~2e-6).
+    """
 
     def __init__(self, channels: int, kernel_size: int, groups: int, *, init_std: float) -> None:
         super().__init__()
         self.groups = groups
         self.padding = kernel_size // 2
+        self._spectrum_cache = _FrozenCache()
         self.bias = nn.Parameter(torch.zeros(channels))  # defined first to mirror the checkpoint's key order
         weight_v = torch.randn(channels, channels // groups, kernel_size) * init_std  # [E, E/groups, K]
         self.weight_g = nn.Parameter(self._norm(weight_v))  # [1, 1, K]: initially weight == weight_v
@@ -235,9 +275,28 @@ class _WeightNormConv1d(nn.Module):
     def _norm(weight_v: Tensor) -> Tensor:
         return torch.linalg.vector_norm(weight_v, dim=(0, 1), keepdim=True)  # [1, 1, K]
 
+    def _kernel_spectrum(self, size: int) -> Tensor:
+        """FFT of the flipped weight-normalised kernel (a correlation is a convolution with it): [F, G, E/G in, E/G out]."""
+        weight_v = self.weight_v.float()
+        weight = weight_v * (self.weight_g.float() / self._norm(weight_v))  # [E, E/G, K]
+        spectrum = torch.fft.rfft(weight.flip(-1), n=size)  # [E, E/G, F]
+        per_group = weight.size(1)
+        return spectrum.view(self.groups, per_group, per_group, -1).permute(3, 0, 2, 1).contiguous()  # [G, out, in, F] -> [F, G, in, out]
+
     def forward(self, x: Tensor) -> Tensor:
-        weight = self.weight_v * (self.weight_g / self._norm(self.weight_v))
-        return F.conv1d(x, weight, self.bias, padding=self.padding, groups=self.groups)
+        """x [B, N, E] (token-major) -> [B, N, E]: the first N steps of the padded conv, as the reference keeps."""
+        batch, tokens, channels = x.shape
+        taps = self.weight_v.size(-1)
+        size = _fft_size(tokens + taps - 1)  # room for the full linear convolution: no circular wrap-around
+        spectrum = self._spectrum_cache.get((self.weight_g, self.weight_v), (size,), lambda: self._kernel_spectrum(size))
+        with torch.autocast(device_type=x.device.type, enabled=False):  # complex float32 throughout
+            signal = torch.fft.rfft(x.float(), n=size, dim=1)  # [B, F, E]
+            signal = signal.view(batch, -1, self.groups, channels // self.groups).permute(1, 2, 0, 3)  # [F, G, B, E/G]
+            product = torch.matmul(signal, spectrum)  # [F, G, B, E/G]: per frequency, each group mixes its channels
+            product = product.permute(2, 0, 1, 3).reshape(batch, -1, channels)  # [B, F, E]
+            full = torch.fft.irfft(product, n=size, dim=1)  # [B, size, E]: full linear convolution
+            start = taps - 1 - self.padding  # full[start + t] is conv output step t
+            return (full[:, start:start + tokens] + self.bias.float()).to(x.dtype)  # [B, N, E]
 
 
 class _SelfAttention(nn.Module):
@@ -263,21 +322,39 @@ class _SelfAttention(nn.Module):
         return x.view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)  # [B, N, E] -> [B, H, N, D]
 
     def forward(self, x: Tensor, position_bias: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        """x [B, N, E], position_bias [H, N, N], key_padding_mask [B, N] (True = padded) -> [B, N, E]."""
+        """x [B, N, E], position_bias [H, N, N] contiguous, key_padding_mask [B, N] (True = padded) -> [B, N, E]."""
         batch, tokens, dim = x.shape
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-        # Gate per head and query: 8 logits -> 2 groups of 4 summed -> sigmoid -> (a, b).
-        gate_logits = self.grep_linear(q).view(batch, self.num_heads, tokens, 2, 4).sum(-1)  # [B, H, N, 2]
-        gate_a, gate_b = torch.sigmoid(gate_logits).chunk(2, dim=-1)  # each [B, H, N, 1]
-        gate = gate_a * (gate_b * self.grep_a - 1.0) + 2.0
-        attn_mask = (gate * position_bias).to(q.dtype)  # [B, H, N, N] additive float mask
+        # Gate per head and query: 8 logits -> 2 groups of 4 summed -> sigmoid -> (a, b). Summing the
+        # weight rows first is the same linear map with 2 outputs instead of 8.
+        gate_weight = self.grep_linear.weight.view(2, 4, self.head_dim).sum(1)  # [8, D] -> [2, D]
+        gate_logits = F.linear(q, gate_weight, self.grep_linear.bias.view(2, 4).sum(1))  # [B, H, N, 2]
+        gate_a, gate_b = torch.sigmoid(gate_logits.float()).chunk(2, dim=-1)  # each [B, H, N, 1]
+        gate = gate_a * (gate_b * self.grep_a.float() - 1.0) + 2.0
+        # One pass writes the [B, H, N, N] mask straight in the bias's (compute) dtype.
+        attn_mask = (gate.to(position_bias.dtype) * position_bias).to(q.dtype)  # [B, H, N, N] additive float mask
         if key_padding_mask is not None:
             # Finite minimum instead of -inf: identical weights, but no NaN if a whole clip is padding.
             attn_mask.masked_fill_(key_padding_mask[:, None, None, :], torch.finfo(q.dtype).min)
-        attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # [B, H, N, D]
+        dropout = self.dropout if self.training else 0.0
+        if attn_mask.requires_grad:
+            attended = self._attention_with_mask_gradient(q, k, v, attn_mask, dropout)
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)  # [B, H, N, D]
         return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, dim))
+
+    @staticmethod
+    def _attention_with_mask_gradient(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor, dropout: float) -> Tensor:
+        """Plain softmax attention, for when the mask needs a gradient (LoRA on q_proj trains the gate).
+
+        SDPA's fused CPU kernel cannot return a mask gradient, and its generic fallback is ~2.5x slower
+        in bf16 (extra casts and -inf handling that a finite mask never needs); this is the same maths.
+        """
+        batch, heads, tokens, head_dim = q.shape
+        flat = lambda t: t.reshape(batch * heads, tokens, -1)  # [B, H, N, X] -> [B·H, N, X]
+        scores = torch.baddbmm(flat(attn_mask), flat(q), flat(k).transpose(1, 2), alpha=head_dim**-0.5)  # [B·H, N, N]
+        probs = F.dropout(scores.softmax(dim=-1), dropout)
+        return torch.bmm(probs, flat(v)).view(batch, heads, tokens, head_dim)  # [B, H, N, D]
 
 
 class _EncoderLayer(nn.Module):
@@ -296,10 +373,10 @@ class _EncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, position_bias: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         attended = F.dropout(self.self_attn(x, position_bias, key_padding_mask), self.dropout, self.training)
-        x = self.self_attn_layer_norm(x * self.residual_scale + attended)
+        x = self.self_attn_layer_norm(torch.add(attended, x, alpha=self.residual_scale))  # x·scale + attended, one pass
         hidden = F.dropout(_gelu_float32(self.fc1(x)), self.activation_dropout, self.training)
         hidden = F.dropout(self.fc2(hidden), self.dropout, self.training)
-        return self.final_layer_norm(x * self.residual_scale + hidden)
+        return self.final_layer_norm(torch.add(hidden, x, alpha=self.residual_scale))
 
 
 class _Encoder(nn.Module):
@@ -319,21 +396,31 @@ class _Encoder(nn.Module):
         relative_attention_bias = nn.Embedding(config.num_buckets, config.encoder_attention_heads)
         self.layers = nn.ModuleList(_EncoderLayer(config, relative_attention_bias) for _ in range(num_layers))
         self.layer_norm = nn.LayerNorm(dim)
+        self._position_bias_cache = _FrozenCache()
 
-    def _position_bias(self, tokens: int, device: torch.device) -> Tensor:
-        buckets = _bucket_matrix(tokens, self.config.num_buckets, self.config.max_distance, device)  # [N, N]
-        return self.layers[0].self_attn.relative_attention_bias(buckets).permute(2, 0, 1)  # [N, N, H] -> [H, N, N]
+    def _position_bias(self, tokens: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """[H, N, N] contiguous in ``dtype``: a permuted view would make every layer's gate product ~3x slower."""
+        table = self.layers[0].self_attn.relative_attention_bias.weight  # [buckets, H]
+
+        def compute() -> Tensor:
+            buckets = _bucket_matrix(tokens, self.config.num_buckets, self.config.max_distance, device)  # [N, N]
+            return F.embedding(buckets, table).permute(2, 0, 1).to(dtype).contiguous()  # [N, N, H] -> [H, N, N]
+
+        return self._position_bias_cache.get((table,), (tokens, dtype), compute)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None) -> list[Tensor]:
         """x [B, N, E] -> [encoder input, output of block 1, ..., output of the last block]."""
+        if padding_mask is not None and not padding_mask.any():
+            padding_mask = None  # nothing padded: skip the masking passes (same result)
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        tokens = x.size(1)
-        conv = self.pos_conv(x.transpose(1, 2))[..., :tokens]  # [B, E, N(+1)]; an even kernel yields one extra step
-        x = x + _gelu_float32(conv).transpose(1, 2)
+        tokens, device = x.size(1), x.device
+        x = x + _gelu_float32(self.pos_conv(x))  # [B, N, E]
         x = F.dropout(self.layer_norm(x), self.config.dropout, self.training)
         hidden_states = [x]
-        position_bias = self._position_bias(tokens, x.device)
+        # The attention mask is built in the dtype the projections will produce (autocast's, else the input's).
+        compute_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
+        position_bias = self._position_bias(tokens, compute_dtype, device)
         decay = self.config.layer_wise_gradient_decay_ratio
         for layer in self.layers:
             if decay != 1.0 and torch.is_grad_enabled():

@@ -1,0 +1,130 @@
+"""Benchmark: one training step of asd.model.ASDModel (LoRA on the iter3-size random-init backbone, 4 blocks).
+
+The step is train.py's: forward under the configured precision, backward through the LoRA adapters,
+AdamW step. It runs in bf16 autocast (what ``train.precision: auto`` picks on a CPU with AVX512-BF16)
+and in float32, interleaved round by round with the matmul peaks. Work = model FLOPs of the forward
+(bench_backbone.forward_flops) + the backward's matmul FLOPs as torch.utils.flop_counter counts them
+(frozen weights get no weight gradient, so a step is ~2x, not 3x, the forward).
+
+    .venv/bin/python bench/bench_train.py [--batch 8] [--rounds 5] [--out results/bench/train.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from asd.beats import ITER3
+from asd.device import autocast
+from asd.io import write_json
+from asd.model import ASDModel, HeadConfig, build_backbone
+from bench_backbone import clip_frames, forward_flops
+from common import RESULTS, interleaved, machine, peak_gflops, peak_workloads, target
+
+NUM_LAYERS = 4
+# A DCASE-like label map: 40 classes, 10 of them hidden-attribute classes with sub-centres.
+SUBCENTERS = [HeadConfig().arcface_subcenters] * 10 + [1] * 30
+BF16_TARGET = 0.30
+
+
+class TrainStep:
+    """train.py's inner step on a fixed random batch (data loading is benchmarked in bench_features)."""
+
+    def __init__(self, *, batch: int, precision: str) -> None:
+        torch.manual_seed(0)
+        backbone, _ = build_backbone({"checkpoint": None, "random_init_size": "iter3", "num_layers": NUM_LAYERS})
+        self.model = ASDModel(backbone, head=HeadConfig(), subcenters=SUBCENTERS).train()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.01)
+        generator = torch.Generator().manual_seed(1)
+        self.fbank = torch.randn(batch, clip_frames(), 128, generator=generator)  # [B, F, 128]
+        self.mask = torch.zeros(batch, clip_frames(), dtype=torch.bool)  # 10 s clips: nothing padded
+        self.labels = torch.randint(len(SUBCENTERS), (batch,), generator=generator)
+        self.precision, self.device = precision, torch.device("cpu")
+
+    def forward(self) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            loss, _ = self.model(self.fbank, self.mask, self.labels)
+        return loss
+
+    def __call__(self) -> float:
+        loss = self.forward()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def backward_flops(self) -> float:
+        """Matmul FLOPs of one backward pass, counted."""
+        with FlopCounterMode(display=False) as counter:
+            loss = self.forward()
+            forward_counted = counter.get_total_flops()
+            loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(counter.get_total_flops() - forward_counted)
+
+
+def run(*, batch: int = 8, rounds: int = 5) -> dict:
+    steps = {precision: TrainStep(batch=batch, precision=precision) for precision in ("bf16", "fp32")}
+    backward = steps["bf16"].backward_flops() / batch
+    forward = forward_flops(ITER3, num_layers=NUM_LAYERS, frames=clip_frames())
+    step_flops = forward + backward  # per clip
+    peak_runs = peak_workloads((torch.float32, torch.bfloat16))
+    timings = interleaved({**{f"step {p}": s for p, s in steps.items()}, **{n: r for n, (r, _) in peak_runs.items()}},
+                          rounds=rounds)
+    peaks = {"fp32": peak_gflops(timings, peak_runs, torch.float32), "bf16": peak_gflops(timings, peak_runs, torch.bfloat16)}
+    results = {}
+    for precision in steps:
+        seconds = timings[f"step {precision}"]["best_s"]
+        gflops = step_flops * batch / seconds / 1e9
+        results[precision] = {"best_s": seconds, "median_s": timings[f"step {precision}"]["median_s"],
+                              "clips_per_s": batch / seconds, "gflops": gflops, "fraction_of_peak": gflops / peaks[precision]}
+    return {
+        "machine": machine(),
+        "setup": {"batch": batch, "rounds": rounds, "num_layers": NUM_LAYERS, "head": HeadConfig().__dict__,
+                  "classes": len(SUBCENTERS), "optimizer": "AdamW"},
+        "gflops_per_clip": {"forward_model": forward / 1e9, "backward_counted": backward / 1e9, "step": step_flops / 1e9,
+                            "step_if_3x_forward": 3 * forward / 1e9},
+        "peak_gflops": peaks,
+        "step": results,
+        "timings": timings,
+        "targets": [target("training step (bf16 autocast) / bf16 matmul peak", results["bf16"]["fraction_of_peak"] * 100,
+                           BF16_TARGET * 100, unit="%")],
+    }
+
+
+def markdown(result: dict) -> str:
+    setup, flops, peaks = result["setup"], result["gflops_per_clip"], result["peak_gflops"]
+    lines = [
+        f"### Training step (ASDModel, LoRA r={setup['head']['lora_rank']} on blocks {setup['head']['lora_blocks']}, "
+        f"iter3 random init, {setup['num_layers']} blocks, batch {setup['batch']}, AdamW)",
+        "",
+        f"FLOPs per clip: forward {flops['forward_model']:.1f} G (model FLOPs) + backward {flops['backward_counted']:.1f} G "
+        f"(counted) = {flops['step']:.1f} G (the 3x-forward rule would say {flops['step_if_3x_forward']:.1f} G). "
+        f"Matmul peak in the same run: fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s.",
+        "",
+        "| precision | best s / step | clips/s | GFLOP/s | % of peak (same dtype) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for precision, row in result["step"].items():
+        lines.append(f"| {precision} | {row['best_s']:.3f} | {row['clips_per_s']:.2f} | {row['gflops']:.0f} | "
+                     f"{row['fraction_of_peak'] * 100:.1f} % |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default=str(RESULTS / "train.json"))
+    args = parser.parse_args()
+    result = run(batch=args.batch, rounds=args.rounds)
+    print(markdown(result))
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,15 +11,13 @@ float32; bf16 autocast; a bf16-cast model (inference); each truncated to 4 block
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
 
 from asd.beats import ITER3, SAMPLE_RATE, BEATsConfig, load_beats
 from asd.features import num_frames
-from asd.io import write_json
-from common import RESULTS, dtype_name, interleaved, machine, peak_gflops, peak_workloads, target
+from common import dtype_name, interleaved, machine, peak_gflops, peak_workloads, standalone, target
 
 CLIP_SECONDS = 10.0
 TRUNCATED, FULL = 4, 12
@@ -137,17 +135,5 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--out", default=str(RESULTS / "backbone.json"))
-    args = parser.parse_args()
-    result = run(batch=args.batch, rounds=args.rounds)
-    print(markdown(result))
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
-
-
 if __name__ == "__main__":
-    main()
+    standalone(name="backbone", doc=__doc__, run=run, markdown=markdown, options={"batch": 4, "rounds": 6})

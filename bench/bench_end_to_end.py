@@ -11,13 +11,11 @@ Only the heavy rules (features, train, embed, knn) write a benchmark file.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from asd.io import write_json
-from common import REPO, RESULTS, machine
+from common import REPO, machine, standalone
 
 BENCHMARKS = REPO / "results" / "benchmarks"
 
@@ -63,16 +61,5 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--benchmarks", type=Path, default=BENCHMARKS)
-    parser.add_argument("--out", default=str(RESULTS / "end_to_end.json"))
-    args = parser.parse_args()
-    result = run(benchmarks=args.benchmarks)
-    print(markdown(result))
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
-
-
 if __name__ == "__main__":
-    main()
+    standalone(name="end_to_end", doc=__doc__, run=run, markdown=markdown, options={"benchmarks": BENCHMARKS})

@@ -12,7 +12,6 @@ The target: data time < 5 % of the training step time (bf16 autocast, same batch
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -25,10 +24,9 @@ from asd.audio import load_audio
 from asd.beats import SAMPLE_RATE, fbank
 from asd.dataset import MANIFEST_COLUMNS
 from asd.features import cache_features, crop_or_pad, load_features
-from asd.io import write_json
 from asd.train import spec_augment
 from bench_train import TrainStep
-from common import RESULTS, interleaved, machine, target
+from common import interleaved, machine, standalone, target
 
 CLIP_SECONDS, MACHINE = 10.0, "fan"
 TIME_MASK, FREQ_MASK = 80, 24  # config.yaml's train.time_mask / freq_mask
@@ -127,18 +125,5 @@ def markdown(result: dict) -> str:
     ])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default=str(RESULTS / "features.json"))
-    args = parser.parse_args()
-    result = run(clips=args.clips, batch=args.batch, rounds=args.rounds)
-    print(markdown(result))
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
-
-
 if __name__ == "__main__":
-    main()
+    standalone(name="features", doc=__doc__, run=run, markdown=markdown, options={"clips": 64, "batch": 8, "rounds": 3})

@@ -11,15 +11,13 @@ results/bench/knn.json.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from asd.io import write_json
 from asd.knn import CosineKNN
-from common import RESULTS, interleaved, machine
+from common import interleaved, machine, standalone
 
 CASES = [
     {"name": "dcase", "bank": 1_100, "queries": 200, "repeats": 50},
@@ -95,16 +93,5 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="skip the 1,000,000-row case")
-    parser.add_argument("--out", default=str(RESULTS / "knn.json"))
-    args = parser.parse_args()
-    result = run(quick=args.quick)
-    print(markdown(result))
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
-
-
 if __name__ == "__main__":
-    main()
+    standalone(name="knn", doc=__doc__, run=run, markdown=markdown, options={"quick": False})

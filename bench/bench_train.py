@@ -11,17 +11,15 @@ and in float32, interleaved round by round with the matmul peaks. Work = model F
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from asd.beats import ITER3
 from asd.device import autocast
-from asd.io import write_json
 from asd.model import ASDModel, HeadConfig, build_backbone
 from bench_backbone import clip_frames, forward_flops
-from common import RESULTS, interleaved, machine, peak_gflops, peak_workloads, target
+from common import interleaved, machine, peak_gflops, peak_workloads, standalone, target
 
 NUM_LAYERS = 4
 # A DCASE-like label map: 40 classes, 10 of them hidden-attribute classes with sub-centres.
@@ -114,17 +112,5 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--out", default=str(RESULTS / "train.json"))
-    args = parser.parse_args()
-    result = run(batch=args.batch, rounds=args.rounds)
-    print(markdown(result))
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
-
-
 if __name__ == "__main__":
-    main()
+    standalone(name="train", doc=__doc__, run=run, markdown=markdown, options={"batch": 8, "rounds": 5})

@@ -10,7 +10,6 @@ DAG without data. It runs with ``--directory`` in a temporary folder, so the rep
 
 from __future__ import annotations
 
-import argparse
 import re
 import resource
 import subprocess
@@ -19,8 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from asd.io import write_json
-from common import REPO, RESULTS, machine, target
+from common import REPO, machine, standalone, target
 
 WALL_TARGET_S = 10.0
 
@@ -70,16 +68,5 @@ def markdown(result: dict) -> str:
     ])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default=str(RESULTS / "workflow.json"))
-    args = parser.parse_args()
-    result = run(rounds=args.rounds)
-    print(markdown(result))
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
-
-
 if __name__ == "__main__":
-    main()
+    standalone(name="workflow", doc=__doc__, run=run, markdown=markdown, options={"rounds": 3})

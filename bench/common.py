@@ -8,6 +8,7 @@ come and go within seconds, so several rounds are needed to catch one for every 
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -92,3 +93,25 @@ def target(what: str, measured: float, goal: float, *, unit: str, higher_is_bett
     met = measured >= goal if higher_is_better else measured <= goal
     sign = "≥" if higher_is_better else "<"
     return {"what": what, "measured": f"{measured:.3g} {unit}".strip(), "target": f"{sign} {goal:g} {unit}".strip(), "met": met}
+
+
+def standalone(*, name: str, doc: str, run: Callable[..., dict], markdown: Callable[[dict], str],
+               options: dict[str, object]) -> None:
+    """Command line of one benchmark script: each option becomes --<option> (typed by its default),
+    plus --out (default results/bench/<name>.json); prints the Markdown and writes the JSON."""
+    from asd.io import write_json
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for option, default in options.items():
+        flag = "--" + option.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+    parser.add_argument("--out", default=str(RESULTS / f"{name}.json"))
+    args = vars(parser.parse_args())
+    out = args.pop("out")
+    result = run(**args)
+    print(markdown(result))
+    write_json(out, result)
+    print(f"wrote {out}")

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import time
 import zipfile
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -13,7 +13,6 @@ import os
 
 import h5py
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 

@@ -11,7 +11,6 @@ import numpy as np
 
 import logging
 
-import pandas as pd
 
 from asd.decision import decide, gamma_threshold
 from asd.errors import AsdError

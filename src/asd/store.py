@@ -46,10 +46,16 @@ def load_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, pd
 
 
 def read_scores(path: str) -> pd.DataFrame:
+    """A score CSV with clip columns as strings (an attribute "NA" stays "NA") and score columns as floats
+    (per-domain scores are empty, i.e. NaN, on bank rows)."""
     try:
-        return pd.read_csv(path, dtype={"attributes": str, "file": str}, keep_default_na=False)
+        table = pd.read_csv(path, dtype=dict.fromkeys(["role", *ROW_COLUMNS], str), keep_default_na=False)
     except (OSError, pd.errors.ParserError) as err:
         raise AsdError(f"score file {path} cannot be read ({err}); delete it and rerun the rule that wrote it.") from None
+    for column in table.columns:
+        if column.startswith("score_"):
+            table[column] = pd.to_numeric(table[column].replace("", np.nan))
+    return table
 
 
 def order_score_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -36,16 +36,11 @@ def probe_audio(path: str | os.PathLike) -> tuple[int, int, int]:
     return info.samplerate, info.channels, info.frames
 
 
-def check_audio_format(
-    path: str | os.PathLike,
-    *,
-    sample_rate: int,
-    channels: int,
-    frames: int,
-    expected_sample_rate: int,
-    channel_policy: str,
-) -> None:
-    """Raise AsdError if a clip with this header cannot be used under the configured settings."""
+def probe_usable_audio(
+    path: str | os.PathLike, *, expected_sample_rate: int, channel_policy: str
+) -> tuple[int, int, int]:
+    """``probe_audio``, then AsdError if a clip with this header cannot be used under the configured settings."""
+    sample_rate, channels, frames = probe_audio(path)
     if channel_policy not in CHANNEL_POLICIES:
         raise AsdError(
             f"audio.channel_policy is {channel_policy!r}; set it to one of {', '.join(CHANNEL_POLICIES)}."
@@ -63,21 +58,14 @@ def check_audio_format(
             f"{path}: has {channels} channels, expected mono; set `audio.channel_policy: mean` "
             "(average the channels) or `first` (keep channel 0), or down-mix the files beforehand."
         )
+    return sample_rate, channels, frames
 
 
 def load_audio(
     path: str | os.PathLike, *, sample_rate: int = 16000, channel_policy: str = "refuse"
 ) -> np.ndarray:
     """Load a clip as float32 samples in [-1, 1], shape [samples]; multi-channel input per policy."""
-    file_rate, channels, frames = probe_audio(path)
-    check_audio_format(
-        path,
-        sample_rate=file_rate,
-        channels=channels,
-        frames=frames,
-        expected_sample_rate=sample_rate,
-        channel_policy=channel_policy,
-    )
+    probe_usable_audio(path, expected_sample_rate=sample_rate, channel_policy=channel_policy)
     try:
         samples, _ = sf.read(str(path), dtype="float32", always_2d=True)  # [samples, channels]
     except (sf.SoundFileError, RuntimeError) as error:

@@ -144,16 +144,15 @@ def fold_machine_types(config: dict, fold: str) -> list[str]:
     return list(spec.get("machine_types") or config["datasets"][spec["dataset"]]["machine_types"])
 
 
-def scored_epochs(config: dict) -> list[int]:
-    """Epochs that get embeddings and scores: the configured list plus every ensemble member."""
-    scored = config["scoring"]["epochs"]
-    epochs = range(1, config["train"]["epochs"] + 1) if scored == "all" else scored
-    return sorted(set(epochs) | {e for fused in config["ensembles"].values() for e in fused})
-
-
 def table_epochs(config: dict) -> list[int]:
+    """Epochs that get a table: scoring.epochs ("all" = every trained epoch)."""
     scored = config["scoring"]["epochs"]
     return list(range(1, config["train"]["epochs"] + 1)) if scored == "all" else sorted(scored)
+
+
+def scored_epochs(config: dict) -> list[int]:
+    """Epochs that get embeddings and scores: the tabled ones plus every ensemble member."""
+    return sorted(set(table_epochs(config)) | {e for fused in config["ensembles"].values() for e in fused})
 
 
 def systems(config: dict) -> list[str]:

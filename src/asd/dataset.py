@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from asd.audio import check_audio_format, probe_audio
+from asd.audio import probe_usable_audio
 from asd.errors import AsdError
 from asd.groundtruth import LABELS, load_ground_truth, parse_labelled_name
 from asd.io import write_csv
@@ -199,14 +199,8 @@ def _scan_machine(
                     f"{'folder' if entry.is_dir() else 'file'} out of the dataset folder."
                 )
             fields = parse_clip_name(str(entry), split=split, supplemental_kind=supplemental_kind)
-            file_rate, channels, frames = probe_audio(entry)
-            check_audio_format(
-                entry,
-                sample_rate=file_rate,
-                channels=channels,
-                frames=frames,
-                expected_sample_rate=sample_rate,
-                channel_policy=channel_policy,
+            file_rate, channels, frames = probe_usable_audio(
+                entry, expected_sample_rate=sample_rate, channel_policy=channel_policy
             )
             rows.append({
                 "dataset": dataset,

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from asd.audio import load_audio
-from asd.beats import fbank
+from asd.beats import fbank, frame_padding_mask
 from asd.errors import AsdError
 from asd.store import read_manifest_group, write_manifest_group
 
@@ -112,8 +112,6 @@ class FeatureSet:
 
     def frame_padding_mask(self) -> torch.Tensor:
         """[N, frames] True where a frame holds only padding (BEATs' sample->frame mapping)."""
-        from asd.beats import frame_padding_mask
-
         clip_samples = int(round(self.clip_seconds * self.sample_rate))
         sample_mask = torch.arange(clip_samples)[None, :] >= torch.from_numpy(self.num_samples)[:, None]
         return frame_padding_mask(sample_mask, self.fbank.shape[1])

@@ -37,11 +37,12 @@ def download(job) -> None:
 def index(job) -> None:
     from asd.dataset import build_manifest, write_manifest
 
+    # supplemental_kinds from the config are applied by the bank step, not here: editing them must not
+    # re-index, re-cache and retrain everything.
     spec, audio = job.params.dataset, job.params.audio
-    kinds = {m: k for m, k in job.params.supplemental_kinds.items() if m in spec["machine_types"] and k != "auto"}
     manifest = build_manifest(spec["root"], dataset=job.wildcards.dataset, machine_types=spec["machine_types"],
                               ground_truth=spec.get("ground_truth"), sample_rate=audio["sample_rate"],
-                              channel_policy=audio["channel_policy"], supplemental_kinds=kinds)
+                              channel_policy=audio["channel_policy"])
     write_manifest(manifest, job.output[0])
 
 

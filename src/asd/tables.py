@@ -9,6 +9,7 @@ Table 1 shape: rows AUC Source, AUC Target, pAUC, hmean; columns the machine typ
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,7 @@ def _hmean(values) -> float:
 
 def table_one(metric_paths: list[str]) -> pd.DataFrame:
     """Table 1 (fractions) from per-machine metric files, machine types in the given order."""
-    per_machine = [json.load(open(path)) for path in metric_paths]
+    per_machine = [json.loads(Path(path).read_text()) for path in metric_paths]
     table = pd.DataFrame({m["machine"]: {row: m[key] for row, key in ROWS.items()} for m in per_machine})
     table.loc["hmean"] = [_hmean(table[c]) for c in table.columns]
     table[ALL] = [_hmean(table.loc[row]) for row in ROWS] + [official_score(per_machine)]

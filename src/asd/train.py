@@ -153,7 +153,7 @@ def train_fold(*, fold: str, feature_paths: list[str], checkpoint_paths: list[st
         ckpt.update(fold=fold, train_settings=train_cfg, parameters={"total": total_params, "trainable": trainable_params})
         _save_epoch(state_dir, checkpoint_paths[epoch - 1], ckpt, optimizer, history, run_key)
         write_csv(log_path, pd.DataFrame(history))
-    write_csv(log_path, pd.DataFrame(history))
+    write_csv(log_path, pd.DataFrame(history))  # also when a resumed run had no epoch left to train
 
 
 def _save_epoch(state_dir: Path, out_path: str, ckpt: dict, optimizer, history: list, run_key: str) -> None:

@@ -18,10 +18,6 @@ wildcard_constraints:
     system=r"epoch_\d+|" + "|".join(ENSEMBLES),
 
 
-def fold_dataset(wildcards):
-    return cfg.fold_dataset(config, wildcards.fold)
-
-
 def fold_features_ancient(wildcards):
     dataset = cfg.fold_dataset(config, wildcards.fold)
     return [ancient(f"results/features/{dataset}/{m}.h5") for m in cfg.fold_machine_types(config, wildcards.fold)]

@@ -37,9 +37,8 @@ rule index:
     output:
         "results/manifest/{dataset}.csv",
     params:
-        dataset=lambda w: config["datasets"][w.dataset],
+        dataset=lambda w: {k: config["datasets"][w.dataset][k] for k in ("root", "machine_types", "ground_truth")},
         audio=config["audio"],
-        supplemental_kinds=config["supplemental_kinds"],
     log:
         "results/logs/index/{dataset}.log",
     conda:

@@ -1,6 +1,7 @@
 # asd: BEATs + LoRA + ArcFace + KNN anomalous sound detection (DCASE 2025 Task 2).
-# Stages, each a rule writing under results/<stage>/: index -> features -> train -> embed ->
-# bank -> knn -> ensemble -> metrics -> tables -> submission. See README.md.
+# Stages, each a rule writing under results/<stage>/: features (indexes and caches one machine type)
+# -> train (GPU, per fold) -> embed (GPU, every epoch of one machine type) -> score (banks, KNN,
+# ensembles of one machine type) -> evaluate (metrics and tables of a fold) -> submission. See README.md.
 import os
 import sys
 

@@ -23,7 +23,7 @@ import torch
 from asd import cli, rules
 from asd.config import fold_has_labels, load_config
 from asd.dataset import build_manifest
-from asd.embed import extract_embeddings
+from asd.embed import extract_epoch_embeddings
 from asd.errors import AsdError
 from asd.features import cache_features, load_features
 from asd.model import load_epoch_checkpoint
@@ -70,7 +70,7 @@ def eval_layout(tmp_path_factory, checkpoint) -> SimpleNamespace:
     cache_features(manifest=manifest, machine="ToyPet", out_path=features, sample_rate=SAMPLE_RATE,
                    channel_policy="refuse", clip_seconds=2.0, dtype="float32")
     embeddings = root / "epoch_1.h5"
-    extract_embeddings(checkpoint_path=checkpoint, features_path=str(features), out_path=embeddings,
+    extract_epoch_embeddings(checkpoint_paths=[checkpoint], features_path=str(features), out_paths=[embeddings],
                        backbone_settings=TINY_BACKBONE, device="cpu", precision="fp32")
     bank = root / "bank.json"
     write_bank(embeddings_path=str(embeddings), out_path=str(bank), machine="ToyPet", kind_override=None,
@@ -286,7 +286,7 @@ def test_bank_without_training_clips(tmp_path, checkpoint, eval_layout):
     cache_features(manifest=test_only, machine="ToyPet", out_path=tmp_path / "ToyPet.h5", sample_rate=SAMPLE_RATE,
                    channel_policy="refuse", clip_seconds=2.0, dtype="float32")
     embeddings = tmp_path / "epoch_1.h5"
-    extract_embeddings(checkpoint_path=checkpoint, features_path=str(tmp_path / "ToyPet.h5"), out_path=embeddings,
+    extract_epoch_embeddings(checkpoint_paths=[checkpoint], features_path=str(tmp_path / "ToyPet.h5"), out_paths=[embeddings],
                        backbone_settings=TINY_BACKBONE, device="cpu", precision="fp32")
     with pytest.raises(AsdError) as error:
         write_bank(embeddings_path=str(embeddings), out_path=str(tmp_path / "bank.json"), machine="ToyPet",

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from asd.fingerprint import file_sha256
 from asd.beats import (
     DEMO,
     ITER3,
     BEATs,
     BEATsConfig,
     adapt_checkpoint,
-    checkpoint_sha256,
     fbank,
     frame_padding_mask,
     load_beats,
@@ -160,7 +160,7 @@ def test_iter3_architecture_keys_params_and_strict_round_trip(tmp_path):
     assert not loaded.random_init and loaded.config == ITER3 and len(loaded.encoder.layers) == 4
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, state[key]), key
-    assert len(checkpoint_sha256(path)) == 64
+    assert len(file_sha256(path)) == 64
 
 
 def test_config_from_dict_and_demo_model():
@@ -237,7 +237,7 @@ def test_unreadable_files_name_the_file(tiny_state, tmp_path):
         with pytest.raises(AsdError, match=path.name):
             load_beats(path)
     with pytest.raises(AsdError, match="absent.pt"):
-        checkpoint_sha256(tmp_path / "absent.pt")
+        file_sha256(tmp_path / "absent.pt")
 
 
 def test_fft_position_conv_equals_grouped_conv1d_and_cache_follows_weights():

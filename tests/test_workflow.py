@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from asd.submission import check_submission
+from asd.train import CRASH_AFTER_EPOCH
 from workflow_runner import COMPARED, REPO, result_files, run_workflow, snakemake_command
 
 pytestmark = pytest.mark.slow
@@ -61,19 +62,18 @@ def test_two_runs_from_scratch_are_identical(reference_run, tmp_path):
 
 
 def test_sigkill_mid_training_then_rerun_incomplete_gives_same_results(reference_run, tmp_path):
-    proc = subprocess.Popen(snakemake_command(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    checkpoint = tmp_path / "results" / "models" / "dev" / ".state" / "epoch_1.pt"
-    deadline = time.time() + 600
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the workflow ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and every job it started
-    proc.wait()
-    assert not (tmp_path / "results" / "models" / "dev" / "epoch_2.pt").exists()  # killed mid-training
+    # The training job SIGKILLs its whole session (Snakemake included) right after epoch 1's state is saved:
+    # a hard kill at a known point, with no timing window.
+    proc = subprocess.run(snakemake_command(tmp_path), capture_output=True, start_new_session=True,
+                          env={**os.environ, CRASH_AFTER_EPOCH: "1"}, timeout=900)
+    assert proc.returncode == -signal.SIGKILL
+    states = list((tmp_path / "results" / "models").glob("*/.state/last.pt"))  # the first fold to finish epoch 1
+    assert len(states) == 1
+    fold = states[0].parent.parent.name
+    assert not (states[0].parent / "epoch_2.pt").exists()  # killed mid-training
     run_workflow(tmp_path, "--unlock")  # a SIGKILLed Snakemake leaves its lock behind
     run_workflow(tmp_path, "--rerun-incomplete")
-    log = (tmp_path / "results" / "logs" / "train" / "dev.log").read_text()
+    log = (tmp_path / "results" / "logs" / "train" / f"{fold}.log").read_text()
     assert "resuming after epoch 1" in log
     first, second = result_files(reference_run, *COMPARED), result_files(tmp_path, *COMPARED)
     assert [k for k in first if first[k] != second.get(k)] == []

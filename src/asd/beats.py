@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -588,15 +587,3 @@ def load_beats(
     model.load_state_dict(weights, strict=True)
     model.random_init = False
     return model.eval()
-
-
-def checkpoint_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (checkpoints are ~350 MB), for provenance records."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as error:
-        raise AsdError(f"cannot read checkpoint {path} to hash it ({error.strerror}); check the path.") from error
-    return digest.hexdigest()

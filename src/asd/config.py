@@ -106,6 +106,14 @@ def _check_references(config: dict, source: str) -> None:
     if clashing:
         raise AsdError(f"{source}: config key 'folds' names {clashing}, which are datasets other than the folds' "
                        f"own; a fold may share its name only with its own dataset, so rename the fold.")
+    blocks, layers = config["model"]["lora_blocks"], config["backbone"]["num_layers"]
+    beyond = [b for b in blocks if b >= layers]
+    if beyond:
+        raise AsdError(f"{source}: config key 'model.lora_blocks' lists blocks {beyond}, but backbone.num_layers is "
+                       f"{layers} (blocks 0 to {layers - 1}); use blocks below {layers} or raise backbone.num_layers.")
+    if config["train"]["precision"] == "fp16" and config["train"]["device"] == "cpu":
+        raise AsdError(f"{source}: config key 'train.precision' is fp16, which is for CUDA GPUs, but train.device is "
+                       "cpu; use auto, bf16 or fp32.")
     epochs = config["train"]["epochs"]
     for name, fused in config["ensembles"].items():
         late = [e for e in fused if e > epochs]

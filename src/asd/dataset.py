@@ -9,6 +9,7 @@ rate) stops the scan with an AsdError naming the file, so later stages can trust
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import re
 from pathlib import Path
@@ -154,8 +155,18 @@ def build_manifest(
         rows.extend(machine_rows)
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     if ground_truth is not None:
-        _apply_ground_truth(manifest, Path(ground_truth))
+        apply_ground_truth(manifest, ground_truth)
     return manifest.sort_values(["machine", "split", "file"], kind="stable").reset_index(drop=True)
+
+
+def machine_files(folder: str | os.PathLike) -> list[str]:
+    """The files a machine type's manifest is read from (its clips and attribute CSVs), sorted; none if absent.
+
+    The workflow lists them as the feature job's inputs, so a changed or added clip reruns that job.
+    """
+    folder = Path(folder)
+    files = [p for split in SPLITS for p in (folder / split).glob("*.wav")] + list(folder.glob("attributes_*.csv"))
+    return sorted(str(p) for p in files if not p.name.startswith("."))
 
 
 def _machine_folders(root: Path, machine_types: list[str] | None) -> list[str]:
@@ -255,9 +266,16 @@ def _read_attributes_csv(path: Path) -> dict[tuple[str, str], str]:
     return attributes
 
 
-def _apply_ground_truth(manifest: pd.DataFrame, ground_truth: Path) -> None:
+@functools.cache
+def _indexed_ground_truth(path: str, version: tuple[int, int]) -> pd.DataFrame:
+    """One read per file version (mtime, size) and process: evaluation labels every system's scores from it."""
+    return load_ground_truth(path).set_index(["machine", "file"])
+
+
+def apply_ground_truth(manifest: pd.DataFrame, ground_truth: str | os.PathLike) -> None:
     """Label unlabelled test clips from ground truth (attributes from the original names where given)."""
-    truth = load_ground_truth(ground_truth).set_index(["machine", "file"])
+    stat = os.stat(ground_truth) if os.path.isfile(ground_truth) else None
+    truth = _indexed_ground_truth(str(ground_truth), (stat.st_mtime_ns, stat.st_size) if stat else (0, 0))
     unlabelled = manifest.index[(manifest["split"] == "test") & (manifest["label"] == "unknown")]
     for index in unlabelled:
         key = (manifest.at[index, "machine"], manifest.at[index, "file"])

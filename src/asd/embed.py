@@ -9,8 +9,6 @@ noise-only test compares), ``manifest/<column>`` as in the feature file, and att
 from __future__ import annotations
 
 import logging
-import os
-
 import h5py
 import numpy as np
 import torch
@@ -21,7 +19,7 @@ from asd.errors import AsdError
 from asd.features import load_features
 from asd.store import write_manifest_group
 from asd.io import atomic_path
-from asd.model import backbone_label, load_epoch_checkpoint
+from asd.model import backbone_label, load_epoch_checkpoint, load_trained_epoch, read_epoch_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +32,44 @@ def mean_spectrum(fbank: np.ndarray, frame_padding_mask: np.ndarray) -> np.ndarr
 
 
 @torch.no_grad()
-def extract_embeddings(*, checkpoint_path: str, features_path: str, out_path: str | os.PathLike,
-                       backbone_settings: dict, batch_size: int = 64, device: str = "auto",
-                       precision: str = "auto") -> None:
+def extract_epoch_embeddings(*, checkpoint_paths: list[str], features_path: str, out_paths: list[str],
+                             backbone_settings: dict, batch_size: int = 64, device: str = "cuda",
+                             precision: str = "auto") -> None:
+    """Every clip of one feature file through each epoch checkpoint of one run, into one file per epoch.
+
+    The backbone and the features are loaded once; each epoch only swaps the trained tensors
+    (LoRA adapters, pooling, projection, ArcFace), which is all an epoch checkpoint holds.
+    """
+    if len(checkpoint_paths) != len(out_paths):
+        raise ValueError(f"{len(checkpoint_paths)} checkpoints but {len(out_paths)} output paths")
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
-    model, ckpt = load_epoch_checkpoint(checkpoint_path, backbone_settings=backbone_settings, device=dev)
+    model, first = load_epoch_checkpoint(checkpoint_paths[0], backbone_settings=backbone_settings, device=dev)
     features = load_features(features_path)
     frame_mask = features.frame_padding_mask()  # [N, frames]
     fbank = torch.from_numpy(features.fbank)
-    chunks = []
-    for start in tqdm(range(0, len(fbank), batch_size), desc=f"embed epoch {ckpt['epoch']}", unit="batch"):
-        x = fbank[start:start + batch_size].float().to(dev)
-        with autocast(dev, precision):
-            chunks.append(model.embed(x, frame_mask[start:start + batch_size].to(dev)).cpu())
-    embeddings = torch.cat(chunks).numpy().astype(np.float32)  # [N, E]
-    if not np.isfinite(embeddings).all():
-        raise AsdError(f"embeddings of {features_path} with {checkpoint_path} are not finite; the checkpoint "
-                       f"is damaged: delete it and rerun the 'train' rule.")
     spectrum = mean_spectrum(features.fbank, frame_mask.numpy())
-    with atomic_path(out_path, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as h5:
-            h5.create_dataset("embeddings", data=embeddings)
-            h5.create_dataset("spectrum", data=spectrum)
-            write_manifest_group(h5.create_group("manifest"), features.manifest)
-            h5.attrs.update(epoch=ckpt["epoch"], backbone=backbone_label(ckpt["backbone"]),
-                            random_init=bool(ckpt["backbone"]["random_init"]), precision=precision, complete=True)
-    log.info("wrote %s: %d clips x %d dims (%s, %s)", out_path, *embeddings.shape, precision,
-             backbone_label(ckpt["backbone"]))
+    label = backbone_label(first["backbone"])
+    for checkpoint_path, out_path in zip(checkpoint_paths, out_paths):
+        ckpt = first if checkpoint_path == checkpoint_paths[0] else read_epoch_checkpoint(checkpoint_path)
+        if ckpt["backbone"]["sha256"] != first["backbone"]["sha256"] or ckpt["head"] != first["head"]:
+            raise AsdError(f"checkpoint {checkpoint_path} belongs to another run than {checkpoint_paths[0]}; "
+                           f"delete the fold's checkpoints and rerun the 'train' rule.")
+        load_trained_epoch(model, checkpoint_path, ckpt)
+        chunks = []
+        for start in tqdm(range(0, len(fbank), batch_size), desc=f"embed epoch {ckpt['epoch']}", unit="batch"):
+            x = fbank[start:start + batch_size].to(dev, non_blocking=True).float()
+            with autocast(dev, precision):
+                chunks.append(model.embed(x, frame_mask[start:start + batch_size].to(dev)).float().cpu())
+        embeddings = torch.cat(chunks).numpy()  # [N, E] float32
+        if not np.isfinite(embeddings).all():
+            raise AsdError(f"embeddings of {features_path} with {checkpoint_path} are not finite; the checkpoint "
+                           f"is damaged: delete it and rerun the 'train' rule.")
+        with atomic_path(out_path, suffix=".h5") as tmp:
+            with h5py.File(tmp, "w") as h5:
+                h5.create_dataset("embeddings", data=embeddings)
+                h5.create_dataset("spectrum", data=spectrum)
+                write_manifest_group(h5.create_group("manifest"), features.manifest)
+                h5.attrs.update(epoch=ckpt["epoch"], backbone=label, random_init=bool(ckpt["backbone"]["random_init"]),
+                                precision=precision, complete=True)
+        log.info("wrote %s: %d clips x %d dims (%s, %s)", out_path, *embeddings.shape, precision, label)

@@ -13,6 +13,8 @@ when complete; an interrupted run continues from the last flushed clip.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -60,7 +62,10 @@ def cache_features(*, manifest: pd.DataFrame, machine: str, out_path: str | os.P
     frames = num_frames(clip_samples, sample_rate)
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
-    done = _resume_point(partial, rows)
+    # A partial file is continued only by a run that would write the same thing.
+    resume_key = _digest(json.dumps({"clips": list(rows["path"]), "sample_rate": sample_rate, "dtype": dtype,
+                                     "channel_policy": channel_policy, "clip_seconds": clip_seconds}))
+    done = _resume_point(partial, resume_key)
     if done == 0:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(partial, "w") as h5:
@@ -69,7 +74,8 @@ def cache_features(*, manifest: pd.DataFrame, machine: str, out_path: str | os.P
                               chunks=(1, frames, NUM_MEL_BINS), fletcher32=True)
             h5.create_dataset("num_samples", shape=(len(rows),), dtype="int64")
             write_manifest_group(h5.create_group("manifest"), rows)
-            h5.attrs.update(sample_rate=sample_rate, clip_seconds=clip_seconds, done=0, complete=False)
+            h5.attrs.update(sample_rate=sample_rate, clip_seconds=clip_seconds, done=0, complete=False,
+                            resume_key=resume_key)
     else:
         log.info("resuming %s after %d of %d clips", partial, done, len(rows))
     with h5py.File(partial, "a") as h5:
@@ -83,21 +89,47 @@ def cache_features(*, manifest: pd.DataFrame, machine: str, out_path: str | os.P
                 h5["num_samples"][i] = real
             h5.attrs["done"] = stop
             h5.flush()
+        h5.attrs["fingerprint"] = _content_fingerprint(h5)
         h5.attrs["complete"] = True
     os.replace(partial, out_path)
     log.info("wrote %s: %d clips x %d frames x %d bins (%s)", out_path, len(rows), frames, NUM_MEL_BINS, dtype)
 
 
-def _resume_point(partial: Path, rows: pd.DataFrame) -> int:
-    """Clips already done in a partial file of the same clips; 0 (start over) otherwise."""
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _resume_point(partial: Path, resume_key: str) -> int:
+    """Clips already done in a partial file written with the same resume key; 0 (start over) otherwise."""
     if not partial.exists():
         return 0
     try:
         with h5py.File(partial, "r") as h5:
-            same = list(read_manifest_group(h5["manifest"])["path"]) == list(rows["path"])
-            return int(h5.attrs["done"]) if same else 0
+            return int(h5.attrs["done"]) if h5.attrs.get("resume_key") == resume_key else 0
     except (OSError, KeyError):
         return 0  # unreadable partial file (killed while writing its header): start over
+
+
+def _content_fingerprint(h5: h5py.File) -> str:
+    """SHA-256 of what training reads: every clip's fbank, its real length, its name and the clip settings."""
+    digest = hashlib.sha256()
+    fbank = h5["fbank"]
+    for start in range(0, fbank.shape[0], FLUSH_EVERY):
+        digest.update(np.ascontiguousarray(fbank[start:start + FLUSH_EVERY]).tobytes())
+    digest.update(h5["num_samples"][()].tobytes())
+    digest.update("\n".join(read_manifest_group(h5["manifest"])["file"]).encode())
+    digest.update(f"{h5.attrs['sample_rate']}|{h5.attrs['clip_seconds']}|{fbank.dtype}".encode())
+    return digest.hexdigest()
+
+
+def feature_fingerprint(path: str | os.PathLike) -> str:
+    """The content fingerprint stored in a complete feature file (cheap: an attribute)."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return str(h5.attrs["fingerprint"])
+    except (OSError, KeyError):
+        raise AsdError(f"feature file {path} has no content fingerprint (written by an older version, or damaged); "
+                       f"rebuild it with the 'features' rule (snakemake --forcerun {path}).") from None
 
 
 @dataclass

@@ -179,11 +179,12 @@ def build_backbone(settings: dict) -> tuple[BEATs, dict]:
     rebuilds the same one) and labelled ``random_init``.
     """
     from asd import beats
+    from asd.fingerprint import file_sha256
 
     path, num_layers = settings.get("checkpoint"), settings["num_layers"]
     if path:
         model = beats.load_beats(path, num_layers=num_layers)
-        identity = {"checkpoint": str(path), "sha256": beats.checkpoint_sha256(path), "random_init": False}
+        identity = {"checkpoint": str(path), "sha256": file_sha256(path), "random_init": False}
     else:
         config = {"iter3": beats.ITER3, "demo": beats.DEMO}[settings.get("random_init_size", "iter3")]
         with torch.random.fork_rng(devices=[]):
@@ -201,26 +202,46 @@ def backbone_label(identity: dict) -> str:
         f"BEATs checkpoint {identity['checkpoint']} (sha256 {identity['sha256'][:12]})"
 
 
-def load_epoch_checkpoint(path, *, backbone_settings: dict, device: str | torch.device = "cpu") -> tuple[ASDModel, dict]:
-    """Rebuild the model of an epoch checkpoint on top of the configured backbone (identity checked)."""
+def _checkpoint_rule(path) -> str:
+    return f"delete it and rerun the 'train' rule for its fold (snakemake --forcerun {path})"
+
+
+def read_epoch_checkpoint(path) -> dict:
+    """An epoch checkpoint's dict; an unreadable or foreign file is refused naming the rule to rerun."""
     from asd.errors import AsdError
 
-    rule = f"delete it and rerun the 'train' rule for its fold (snakemake --forcerun {path})"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated / foreign files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""  # torch's full text is a page long
-        raise AsdError(f"checkpoint {path} cannot be read ({type(err).__name__}: {reason}); {rule}.") from None
+        raise AsdError(f"checkpoint {path} cannot be read ({type(err).__name__}: {reason}); "
+                       f"{_checkpoint_rule(path)}.") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise AsdError(f"{path} is not an asd epoch checkpoint (format {CHECKPOINT_FORMAT}); {rule}.")
+        raise AsdError(f"{path} is not an asd epoch checkpoint (format {CHECKPOINT_FORMAT}); {_checkpoint_rule(path)}.")
+    return ckpt
+
+
+def load_trained_epoch(model: ASDModel, path, ckpt: dict) -> None:
+    """Load an epoch checkpoint's trained tensors into a model built for the same run."""
+    from asd.errors import AsdError
+
+    try:
+        model.load_trained_state(ckpt["state"])
+    except (KeyError, RuntimeError) as err:
+        raise AsdError(f"checkpoint {path} does not fit the model ({err}); {_checkpoint_rule(path)}.") from None
+
+
+def load_epoch_checkpoint(path, *, backbone_settings: dict, device: str | torch.device = "cpu") -> tuple[ASDModel, dict]:
+    """Rebuild the model of an epoch checkpoint on top of the configured backbone (identity checked)."""
+    from asd.errors import AsdError
+
+    ckpt = read_epoch_checkpoint(path)
     backbone, identity = build_backbone(backbone_settings)
     if identity["sha256"] != ckpt["backbone"]["sha256"] or identity["num_layers"] != ckpt["backbone"]["num_layers"]:
         raise AsdError(f"checkpoint {path} was trained on backbone {backbone_label(ckpt['backbone'])} with "
                        f"{ckpt['backbone']['num_layers']} blocks, but the config now gives "
-                       f"{backbone_label(identity)} with {identity['num_layers']}; restore the config or {rule}.")
+                       f"{backbone_label(identity)} with {identity['num_layers']}; restore the config or "
+                       f"{_checkpoint_rule(path)}.")
     model = ASDModel(backbone, head=HeadConfig.from_dict(ckpt["head"]), subcenters=ckpt["subcenters"])
-    try:
-        model.load_trained_state(ckpt["state"])
-    except (KeyError, RuntimeError) as err:
-        raise AsdError(f"checkpoint {path} does not fit the model ({err}); {rule}.") from None
+    load_trained_epoch(model, path, ckpt)
     return model.to(device).eval(), ckpt

@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from asd.errors import AsdError  # noqa: E402
 from asd.io import atomic_path  # noqa: E402
-from asd.store import load_embeddings, read_scores  # noqa: E402
+from asd.store import load_embeddings  # noqa: E402
 
 DPI = 100
 PANEL_INCHES = 3.6  # width and height of one machine-type panel
@@ -152,16 +152,21 @@ def plot_score_histograms(*, tables: dict[str, pd.DataFrame], out_path: str, tit
 
 
 def plot_fold_scores(*, score_paths: list[str], machines: list[str], systems: list[str], train_log_path: str,
-                     roc_paths: list[str], histogram_paths: list[str],
-                     fold: str) -> dict[str, dict[str, dict[str, RocCurve]]]:
+                     roc_paths: list[str], histogram_paths: list[str], fold: str,
+                     ground_truth: str | None = None) -> dict[str, dict[str, dict[str, RocCurve]]]:
     """ROC and histogram figures of every system of a fold; ``score_paths`` is [systems x machines],
-    system-major. Returns the ROC curves drawn: system -> machine -> domain -> curve."""
+    system-major; ``ground_truth`` labels unlabelled (eval) test names. Returns the ROC curves drawn:
+    system -> machine -> domain -> curve."""
+    from asd.tables import labelled_test_scores
+
     backbone = train_log_backbone(train_log_path)
     paths = np.array(score_paths, dtype=object).reshape(len(systems), len(machines))  # [systems, machines]
     drawn = {}
     for system, row, roc_path, histogram_path in zip(systems, paths, roc_paths, histogram_paths):
         # checked here too so that an unlabelled clip is reported with its score file
-        tables = {machine: _labelled_test_rows(read_scores(path), source=path) for machine, path in zip(machines, row)}
+        tables = {machine: _labelled_test_rows(labelled_test_scores(path, machine=machine, ground_truth=ground_truth),
+                                               source=path)
+                  for machine, path in zip(machines, row)}
         drawn[system] = plot_roc(tables=tables, out_path=roc_path,
                                  title=f"{fold} {system}: ROC per machine type and domain\n{backbone}")
         plot_score_histograms(tables=tables, out_path=histogram_path,

@@ -34,86 +34,56 @@ def download(job) -> None:
     write_json(job.output[0], {"root": job.params.root, "urls": urls})
 
 
-def index(job) -> None:
-    from asd.dataset import build_manifest, write_manifest
-
-    # supplemental_kinds from the config are applied by the bank step, not here: editing them must not
-    # re-index, re-cache and retrain everything.
-    spec, audio = job.params.dataset, job.params.audio
-    manifest = build_manifest(spec["root"], dataset=job.wildcards.dataset, machine_types=spec["machine_types"],
-                              ground_truth=spec.get("ground_truth"), sample_rate=audio["sample_rate"],
-                              channel_policy=audio["channel_policy"])
-    write_manifest(manifest, job.output[0])
-
-
 def features(job) -> None:
-    from asd.dataset import read_manifest
+    from asd.dataset import build_manifest
     from asd.features import cache_features
 
-    audio = job.params.audio
-    cache_features(manifest=read_manifest(job.input[0]), machine=job.wildcards.machine, out_path=job.output[0],
-                   sample_rate=audio["sample_rate"], channel_policy=audio["channel_policy"],
-                   clip_seconds=audio["clip_seconds"], dtype=job.params.features["dtype"],
-                   manifest_path=job.input[0])
+    audio, machine = job.params.audio, job.wildcards.machine
+    # The machine type's own index: eval ground truth is not read here (labels enter at 'evaluate').
+    manifest = build_manifest(job.params.root, dataset=job.wildcards.dataset, machine_types=[machine],
+                              sample_rate=audio["sample_rate"], channel_policy=audio["channel_policy"])
+    cache_features(manifest=manifest, machine=machine, out_path=job.output[0], sample_rate=audio["sample_rate"],
+                   channel_policy=audio["channel_policy"], clip_seconds=audio["clip_seconds"],
+                   dtype=job.params.dtype, manifest_path=job.params.root)
 
 
 def train(job) -> None:
     from asd.train import train_fold
 
+    # train.device is read from the config, not params: where a model trains does not change which model it is.
+    settings = {"backbone": dict(job.config["backbone"]), "model": dict(job.params.model),
+                "train": {**job.params.train, "device": job.config["train"]["device"]}}
     train_fold(fold=job.wildcards.fold, feature_paths=list(job.input), checkpoint_paths=list(job.output.checkpoints),
-               log_path=job.output.log_csv, settings=dict(job.params.settings))
+               log_path=job.output.log_csv, settings=settings)
 
 
 def embed(job) -> None:
-    from asd.embed import extract_embeddings
+    from asd.embed import extract_epoch_embeddings
 
-    extract_embeddings(checkpoint_path=job.input.checkpoint, features_path=job.input.features,
-                       out_path=job.output[0], backbone_settings=job.params.backbone,
-                       batch_size=job.params.embed["batch_size"], device=job.params.device,
-                       precision=job.params.precision)
-
-
-def bank(job) -> None:
-    from asd.scoring import write_bank
-
-    write_bank(embeddings_path=job.input.embeddings, out_path=job.output[0], machine=job.wildcards.machine,
-               kind_override=job.params.kind_override, use_supplemental=job.params.use_supplemental)
+    extract_epoch_embeddings(checkpoint_paths=list(job.input.checkpoints), features_path=job.input.features,
+                             out_paths=list(job.output), backbone_settings=dict(job.config["backbone"]),
+                             batch_size=job.config["embed"]["batch_size"], device=job.config["train"]["device"],
+                             precision=job.params.precision)
 
 
-def knn(job) -> None:
-    from asd.scoring import score_epoch
+def score(job) -> None:
+    from asd.scoring import score_machine
 
-    score_epoch(embeddings_path=job.input.embeddings, bank_path=job.input.bank, out_path=job.output[0],
-                machine=job.wildcards.machine, scoring=job.params.scoring, decision=job.params.decision)
-
-
-def ensemble(job) -> None:
-    from asd.ensemble import fuse_epochs
-
-    fuse_epochs(score_paths=list(job.input), epochs=list(job.params.epochs), out_path=job.output[0],
-                machine=job.wildcards.machine, decision=job.params.decision)
+    score_machine(embedding_paths=list(job.input), epochs=list(job.params.epochs), bank_paths=list(job.output.banks),
+                  score_paths=list(job.output.epochs), ensembles=dict(job.params.ensembles),
+                  ensemble_paths=list(job.output.ensembles), machine=job.wildcards.machine,
+                  kind_override=job.params.kind_override, use_supplemental=job.params.use_supplemental,
+                  scoring=dict(job.params.scoring), decision=dict(job.params.decision))
 
 
-def metrics(job) -> None:
-    from asd.tables import write_machine_metrics
+def evaluate(job) -> None:
+    from asd.tables import evaluate_fold
 
-    write_machine_metrics(scores_path=job.input[0], out_path=job.output[0], machine=job.wildcards.machine,
-                          system=job.wildcards.system)
-
-
-def table(job) -> None:
-    from asd.tables import write_table
-
-    write_table(metric_paths=list(job.input.metrics), train_log_path=job.input.train_log, csv_path=job.output.csv,
-                md_path=job.output.md, fold=job.wildcards.fold, system=job.wildcards.system)
-
-
-def summary(job) -> None:
-    from asd.tables import write_summary
-
-    write_summary(table_paths=list(job.input.tables), systems=list(job.params.systems),
-                  train_log_path=job.input.train_log, csv_path=job.output.csv, md_path=job.output.md,
-                  fold=job.wildcards.fold)
+    evaluate_fold(score_paths=list(job.input.scores), machines=list(job.params.machines),
+                  systems=list(job.params.systems), ground_truth=job.params.ground_truth,
+                  train_log_path=job.input.train_log, metric_paths=list(job.output.metrics),
+                  table_paths=list(job.output.tables), markdown_paths=list(job.output.markdown),
+                  summary_csv=job.output.summary_csv, summary_md=job.output.summary_md, fold=job.wildcards.fold)
 
 
 def submission(job) -> None:
@@ -121,26 +91,26 @@ def submission(job) -> None:
 
     build_submission(zip_path=job.output[0], score_paths=list(job.input.scores), dev_tables=list(job.input.dev_tables),
                      checkpoint_path=job.input.checkpoint, machine_types=list(job.params.machine_types),
-                     submission=dict(job.params.submission), backbone_settings=dict(job.params.backbone))
+                     submission=dict(job.params.submission), backbone_settings=dict(job.config["backbone"]))
 
 
 def plots_scores(job) -> None:
     from asd.report import plot_fold_scores
 
     plot_fold_scores(score_paths=list(job.input.scores), machines=list(job.params.machines),
-                     systems=list(job.params.systems), train_log_path=job.input.train_log,
+                     systems=list(job.params.systems), ground_truth=job.params.ground_truth,
+                     train_log_path=job.input.train_log,
                      roc_paths=list(job.output.roc), histogram_paths=list(job.output.histograms),
                      fold=job.wildcards.fold)
 
 
-def plots_training(job) -> None:
-    from asd.report import plot_training
+def plots_models(job) -> None:
+    from asd.report import plot_embeddings, plot_training
 
-    plot_training(train_log_path=job.input[0], out_path=job.output[0], fold=job.wildcards.fold)
-
-
-def plots_embeddings(job) -> None:
-    from asd.report import plot_embeddings
-
-    plot_embeddings(embeddings_path=job.input.embeddings, bank_path=job.input.bank, out_path=job.output[0],
-                    fold=job.wildcards.fold, machine=job.wildcards.machine)
+    plot_training(train_log_path=job.input.train_log, out_path=job.output.training, fold=job.wildcards.fold)
+    for embeddings, bank in zip(job.input.embeddings, job.input.banks):
+        # results/embeddings/<fold>/<machine>/epoch_<N>.h5 -> <out dir>/<machine>_epoch_<N>.png
+        machine, epoch = embeddings.split("/")[-2], embeddings.split("/")[-1].removesuffix(".h5")
+        plot_embeddings(embeddings_path=embeddings, bank_path=bank,
+                        out_path=f"{job.output.embeddings}/{machine}_{epoch}.png", fold=job.wildcards.fold,
+                        machine=machine)

@@ -1,15 +1,14 @@
 """Official metrics per machine type and the paper's Table 1, per system (epoch or ensemble).
 
-Per-machine metric files (``results/metrics/<fold>/<machine>/<system>.json``) are the unit of
-work, so regenerating one machine type updates the tables, which are assembled from them.
+One evaluation job per fold reads the per-machine score files (so regenerating one machine type
+updates the tables, which are assembled from them) and writes ``results/metrics/<fold>/<system>.json``
+(every machine type's official metrics) and the tables.
 Table 1 shape: rows AUC Source, AUC Target, pAUC, hmean; columns the machine types and
 "All (hmean)"; values in percent. The hmean row of "All (hmean)" is the official score.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,9 +23,20 @@ ROWS = {"AUC Source": "AUC_source", "AUC Target": "AUC_target", "pAUC": "pAUC"}
 ALL = "All (hmean)"
 
 
-def write_machine_metrics(*, scores_path: str, out_path: str, machine: str, system: str) -> None:
+def labelled_test_scores(scores_path: str, *, machine: str, ground_truth: str | None) -> pd.DataFrame:
+    """The test rows of a score CSV, labelled from the ground truth where their names carry no label."""
+    from asd.dataset import apply_ground_truth
+
     table = read_scores(scores_path)
-    test = table[table["role"] == "test"]
+    test = table[table["role"] == "test"].reset_index(drop=True).assign(machine=machine)
+    if ground_truth is not None:
+        apply_ground_truth(test, ground_truth)
+    return test
+
+
+def machine_metrics_of(scores_path: str, *, machine: str, ground_truth: str | None) -> dict:
+    """Official metrics of one machine type's test scores."""
+    test = labelled_test_scores(scores_path, machine=machine, ground_truth=ground_truth)
     unlabelled = test[~test["label"].isin(["normal", "anomaly"])]
     if len(unlabelled):
         raise AsdError(f"{scores_path}: {len(unlabelled)} test clips of {machine} have no label (e.g. "
@@ -34,17 +44,16 @@ def write_machine_metrics(*, scores_path: str, out_path: str, machine: str, syst
                        f"(an eval_data_list csv) to evaluate it, or do not evaluate this fold.")
     truth = pd.DataFrame({"machine": machine, "section": "00", "file": test["file"],
                           "label": (test["label"] == "anomaly").astype(int), "domain": test["domain"]})
-    metrics = machine_metrics(test[["file", "score"]], test[["file", "decision"]], truth, score_source=scores_path)
-    write_json(out_path, {"machine": machine, "system": system, **metrics})
+    return {"machine": machine, **machine_metrics(test[["file", "score"]], test[["file", "decision"]], truth,
+                                                  score_source=scores_path)}
 
 
 def _hmean(values) -> float:
     return float(scipy.stats.hmean(np.maximum(np.asarray(values, dtype=float), EPS)))
 
 
-def table_one(metric_paths: list[str]) -> pd.DataFrame:
-    """Table 1 (fractions) from per-machine metric files, machine types in the given order."""
-    per_machine = [json.loads(Path(path).read_text()) for path in metric_paths]
+def table_one(per_machine: list[dict]) -> pd.DataFrame:
+    """Table 1 (fractions) from per-machine metrics, machine types in the given order."""
     table = pd.DataFrame({m["machine"]: {row: m[key] for row, key in ROWS.items()} for m in per_machine})
     table.loc["hmean"] = [_hmean(table[c]) for c in table.columns]
     table[ALL] = [_hmean(table.loc[row]) for row in ROWS] + [official_score(per_machine)]
@@ -64,22 +73,35 @@ def backbone_note(train_log_path: str) -> str:
     return f"backbone: {backbone}"
 
 
-def write_table(*, metric_paths: list[str], train_log_path: str, csv_path: str, md_path: str, fold: str,
-                system: str) -> None:
-    table = table_one(metric_paths)
+def evaluate_fold(*, score_paths: list[str], machines: list[str], systems: list[str], ground_truth: str | None,
+                  train_log_path: str, metric_paths: list[str], table_paths: list[str], markdown_paths: list[str],
+                  summary_csv: str, summary_md: str, fold: str) -> None:
+    """Per system: official metrics of every machine type (JSON) and Table 1 (CSV + Markdown); then the summary.
+
+    ``score_paths``: [systems x machines], system-major. Labels of unlabelled (eval) test names come
+    from ``ground_truth`` here and nowhere upstream, so new labels rerun only this step.
+    """
     note = backbone_note(train_log_path)
-    write_csv(csv_path, (100 * table).rename_axis("metric").reset_index())
-    write_text(md_path, markdown(table, title=f"{fold}: {system} (official metrics, %)", note=note))
+    tables = []
+    for s, system in enumerate(systems):
+        per_machine = [machine_metrics_of(score_paths[s * len(machines) + m], machine=machine, ground_truth=ground_truth)
+                       for m, machine in enumerate(machines)]
+        write_json(metric_paths[s], {"fold": fold, "system": system, "machines": per_machine})
+        table = table_one(per_machine)
+        write_csv(table_paths[s], (100 * table).rename_axis("metric").reset_index())
+        write_text(markdown_paths[s], markdown(table, title=f"{fold}: {system} (official metrics, %)", note=note))
+        tables.append(100 * table[ALL])
+    write_summary(all_columns=tables, systems=systems, train_log_path=train_log_path, csv_path=summary_csv,
+                  md_path=summary_md, fold=fold)
 
 
-def write_summary(*, table_paths: list[str], systems: list[str], train_log_path: str, csv_path: str,
+def write_summary(*, all_columns: list[pd.Series], systems: list[str], train_log_path: str, csv_path: str,
                   md_path: str, fold: str) -> None:
-    """One row per system: the All (hmean) column of its Table 1, plus the epoch's training loss/accuracy."""
+    """One row per system: the All (hmean) column of its Table 1 (in %), plus the epoch's training loss/accuracy."""
     train_log = pd.read_csv(train_log_path).set_index("epoch")
     rows = []
-    for system, path in zip(systems, table_paths):
-        table = pd.read_csv(path).set_index("metric")[ALL]
-        row = {"system": system, **{k: table[k] for k in (*ROWS, "hmean")}}
+    for system, column in zip(systems, all_columns):
+        row = {"system": system, **{k: column[k] for k in (*ROWS, "hmean")}}
         if system.startswith("epoch_") and int(system[6:]) in train_log.index:
             epoch = train_log.loc[int(system[6:])]
             row.update(train_loss=epoch["loss"], train_accuracy=100 * epoch["accuracy"])

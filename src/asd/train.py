@@ -2,9 +2,11 @@
 
 Writes one small checkpoint per epoch (trained tensors + config, see ``asd.model.checkpoint_dict``)
 and a per-epoch log. Resumable: after every epoch the full training state (optimizer included)
-is saved under ``<model dir>/.state/``; a rerun continues after the last finished epoch and ends
-with the same checkpoints as an uninterrupted run, because every random draw of an epoch comes
-from generators seeded by (seed, epoch) rather than from state carried across epochs.
+is saved under ``<model dir>/.state/``; a rerun of an interrupted run with identical inputs (same
+settings, backbone weights and feature-file contents: the run key) continues after the last finished
+epoch and ends with the same checkpoints as an uninterrupted run, because every random draw of an
+epoch comes from generators seeded by (seed, epoch) rather than from state carried across epochs.
+A completed run removes its state, so any later run trains from scratch.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -24,13 +28,15 @@ from tqdm import tqdm
 
 from asd.device import autocast, resolve_device, resolve_precision
 from asd.errors import AsdError
-from asd.features import load_features
+from asd.features import feature_fingerprint, load_features
 from asd.io import atomic_path, write_csv
 from asd.model import (ASDModel, HeadConfig, backbone_label, build_backbone, checkpoint_dict, count_parameters,
                        class_names, label_map)
 
 log = logging.getLogger(__name__)
 STATE_DIR = ".state"
+# Fault injection for the resume tests: a hard kill at a known point (after that epoch's state is saved).
+CRASH_AFTER_EPOCH = "ASD_TEST_CRASH_AFTER_EPOCH"
 
 
 def spec_augment(fbank: torch.Tensor, valid_frames: torch.Tensor, *, time_mask: int, freq_mask: int,
@@ -66,10 +72,13 @@ def _fold_data(feature_paths: list[str]):
     return manifest, fbank, frame_mask
 
 
-def _run_key(settings: dict, manifest: pd.DataFrame) -> str:
-    """Identity of a training run: a saved state is resumed only by the same run."""
-    blob = json.dumps({"settings": settings, "clips": list(manifest["path"])}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+def _run_key(settings: dict, backbone: dict, feature_paths: list[str]) -> str:
+    """Identity of a training run: every setting that shapes the model (not where it runs), the backbone's
+    weights (not their path) and the content of every feature file. A saved state is resumed only by the same run."""
+    shaping = {"model": settings["model"], "train": {k: v for k, v in settings["train"].items() if k != "device"},
+               "backbone": {"sha256": backbone["sha256"], "num_layers": backbone["num_layers"]},
+               "features": [feature_fingerprint(p) for p in feature_paths]}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
 def train_fold(*, fold: str, feature_paths: list[str], checkpoint_paths: list[str], log_path: str,
@@ -102,12 +111,14 @@ def train_fold(*, fold: str, feature_paths: list[str], checkpoint_paths: list[st
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=train_cfg["learning_rate"], weight_decay=train_cfg["weight_decay"],
                                   fused=True)  # one kernel for all tensors: ~25x faster steps on CPU
+    # fp16 autocast (pre-Ampere GPUs) needs loss scaling against gradient underflow; a no-op otherwise.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     batch_size = train_cfg["batch_size"]
     steps_per_epoch = math.ceil(len(manifest) / batch_size)
     total_steps, warmup_steps = epochs * steps_per_epoch, round(train_cfg["warmup_epochs"] * steps_per_epoch)
     state_dir = Path(checkpoint_paths[0]).parent / STATE_DIR
-    run_key = _run_key(settings, manifest)
+    run_key = _run_key(settings, identity, feature_paths)
     history, start_epoch = _resume(state_dir, run_key, model, optimizer, checkpoint_paths)
 
     for epoch in range(start_epoch, epochs + 1):
@@ -136,8 +147,9 @@ def train_fold(*, fold: str, feature_paths: list[str], checkpoint_paths: list[st
                                f"step {step_in_epoch + 1}. Last good checkpoint: {last}. Lower train.learning_rate "
                                f"or set train.precision: fp32, then rerun.")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += loss.item() * len(idx)
             correct += (logits.argmax(dim=1) == y).sum().item()
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
@@ -153,7 +165,12 @@ def train_fold(*, fold: str, feature_paths: list[str], checkpoint_paths: list[st
         ckpt.update(fold=fold, train_settings=train_cfg, parameters={"total": total_params, "trainable": trainable_params})
         _save_epoch(state_dir, checkpoint_paths[epoch - 1], ckpt, optimizer, history, run_key)
         write_csv(log_path, pd.DataFrame(history))
+        if os.environ.get(CRASH_AFTER_EPOCH) == str(epoch):
+            os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole session: Snakemake and this job, as a hard kill does
     write_csv(log_path, pd.DataFrame(history))  # also when a resumed run had no epoch left to train
+    # The run is complete: its resume state has served. A later run of this rule (--forcerun, or changed
+    # inputs) trains from scratch; the outputs are hard links and survive.
+    shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def _save_epoch(state_dir: Path, out_path: str, ckpt: dict, optimizer, history: list, run_key: str) -> None:

@@ -1,12 +1,39 @@
 # Helpers shared by the other modules (config queries, wildcard constraints, input functions).
-import asd.config as cfg
+# Job shape: one job per dataset x machine type for features, per fold for training (GPU), per fold x
+# machine type for embeddings (GPU, every epoch in one job) and for scoring (banks, KNN of every
+# epoch, ensembles), per fold for evaluation (labels enter only here), plots and the submission.
+from pathlib import Path
 
+import asd.config as cfg
+from asd.dataset import machine_files
+from asd.fingerprint import STAGE_VERSIONS, backbone_identity
 
 
 FOLDS = list(config["folds"])
 DATASETS = list(config["datasets"])
 ENSEMBLES = list(config["ensembles"])
+TRAINED_EPOCHS = list(range(1, config["train"]["epochs"] + 1))
 SCORED_EPOCHS = cfg.scored_epochs(config)
+SYSTEMS = cfg.systems(config)
+# The weights' content identifies the backbone (moving the file reruns nothing; new weights retrain).
+BACKBONE = backbone_identity(config["backbone"])
+# train.device: cpu runs the GPU rules on the CPU on purpose, and then they request no GPU.
+GPUS = 0 if config["train"]["device"] == "cpu" else 1
+# Light jobs run on the submit host under a cluster profile (a few seconds each, no GPU, no torch but plots).
+localrules:
+    all,
+    demo_data,
+    download,
+    evaluate,
+    plots_scores,
+    plots_models,
+    submission,
+
+
+# One GPU job at a time on a workstation, as its single GPU allows (`--resources gpu=N` for more); a
+# cluster's scheduler shares its own GPUs, so remote runs are not limited here.
+if workflow.local_exec and "gpu" not in workflow.global_resources:
+    workflow.global_resources["gpu"] = 1
 
 
 wildcard_constraints:
@@ -14,40 +41,53 @@ wildcard_constraints:
     fold="|".join(FOLDS),
     machine="[A-Za-z0-9]+",
     epoch=r"\d+",
-    ensemble="|".join(ENSEMBLES),
-    system=r"epoch_\d+|" + "|".join(ENSEMBLES),
+    system="|".join(SYSTEMS),
 
 
-def fold_features_ancient(wildcards):
+def machine_audio(wildcards):
+    """The clips and attribute CSVs of one machine type: a changed or added WAV reruns its feature job."""
+    spec = config["datasets"][wildcards.dataset]
+    if spec["demo"]:
+        return ["results/demo_data/dcase"]
+    folder = Path(spec["root"]) / wildcards.machine
+    if not folder.is_dir() and spec["download"]:
+        checkpoints.download.get(dataset=wildcards.dataset)  # fetch first, then list what arrived
+    return machine_files(folder)
+
+
+def fold_features(wildcards):
     dataset = cfg.fold_dataset(config, wildcards.fold)
-    return [ancient(f"results/features/{dataset}/{m}.h5") for m in cfg.fold_machine_types(config, wildcards.fold)]
+    return [f"results/features/{dataset}/{m}.h5" for m in cfg.fold_machine_types(config, wildcards.fold)]
 
 
 def machine_features(wildcards):
     return f"results/features/{cfg.fold_dataset(config, wildcards.fold)}/{wildcards.machine}.h5"
 
 
-def index_inputs(wildcards):
-    """The demo dataset is written by a rule; real data is read from disk as is."""
-    return ["results/demo_data/dcase"] if config["datasets"][wildcards.dataset]["demo"] else []
+def fold_checkpoints(wildcards):
+    return [f"results/models/{wildcards.fold}/epoch_{e}.pt" for e in TRAINED_EPOCHS]
 
 
-def system_scores(wildcards):
-    return f"results/scores/{wildcards.fold}/{wildcards.machine}/{wildcards.system}.csv"
+def machine_scored_embeddings(wildcards):
+    return [f"results/embeddings/{wildcards.fold}/{wildcards.machine}/epoch_{e}.h5" for e in SCORED_EPOCHS]
 
 
-def ensemble_scores(wildcards):
-    epochs = config["ensembles"][wildcards.ensemble]
-    return [f"results/scores/{wildcards.fold}/{wildcards.machine}/epoch_{e}.csv" for e in epochs]
+def fold_scores(wildcards):
+    """[systems x machines], system-major: the order asd.tables.evaluate_fold and the plots expect."""
+    return [f"results/scores/{wildcards.fold}/{m}/{s}.csv"
+            for s in SYSTEMS for m in cfg.fold_machine_types(config, wildcards.fold)]
 
 
-def fold_system_metrics(wildcards):
+def fold_ground_truth(wildcards):
+    """The file the fold's eval labels come from (none for labelled test names); the demo's lies in its folder."""
+    dataset = cfg.fold_dataset(config, wildcards.fold)
+    spec = config["datasets"][dataset]
     if not cfg.fold_has_labels(config, wildcards.fold):
-        dataset = cfg.fold_dataset(config, wildcards.fold)
         raise ValueError(f"fold '{wildcards.fold}' cannot be evaluated: the test clips of dataset '{dataset}' "
                          f"have no labels; set datasets.{dataset}.ground_truth (e.g. eval_data_list_2025.csv).")
-    machines = cfg.fold_machine_types(config, wildcards.fold)
-    return [f"results/metrics/{wildcards.fold}/{m}/{wildcards.system}.json" for m in machines]
+    if spec["ground_truth"] is None:
+        return []
+    return ["results/demo_data/dcase"] if spec["demo"] else [spec["ground_truth"]]
 
 
 def evaluated_folds():
@@ -63,7 +103,7 @@ def submission_scores(wildcards):
     ]
 
 
-def submission_dev_metrics(wildcards):
+def submission_dev_tables(wildcards):
     fold = config["submission"]["dev_fold"]
     if fold is None or not cfg.fold_has_labels(config, fold):
         return []
@@ -73,7 +113,7 @@ def submission_dev_metrics(wildcards):
 def all_targets():
     targets = []
     for fold in evaluated_folds():
-        targets += expand("results/tables/{fold}/{system}.md", fold=fold, system=cfg.systems(config))
+        targets += expand("results/tables/{fold}/{system}.md", fold=fold, system=SYSTEMS)
         targets.append(f"results/tables/{fold}/summary.md")
     if config["submission"]["fold"] in FOLDS:
         targets.append(f"results/submission/{config['submission']['archive']}.zip")

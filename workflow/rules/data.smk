@@ -1,4 +1,4 @@
-# Data: the embedded demo dataset, official downloads, the clip index and the fbank cache.
+# Data: the embedded demo dataset, official downloads, and the fbank cache (one file per machine type).
 
 
 rule demo_data:
@@ -14,7 +14,9 @@ rule demo_data:
         "../scripts/demo_data.py"
 
 
-rule download:
+# A checkpoint: the feature jobs list a machine type's clips once they are on disk. Local (see
+# common.smk): it needs the internet, which a cluster's submit host has and its compute nodes may not.
+checkpoint download:
     output:
         "results/download/{dataset}.json",
     params:
@@ -23,38 +25,24 @@ rule download:
         machine_types=lambda w: config["datasets"][w.dataset]["machine_types"],
     log:
         "results/logs/download/{dataset}.log",
-    resources:
-        runtime=240,
     conda:
         "../../envs/asd.yaml"
     script:
         "../scripts/download.py"
 
 
-rule index:
-    input:
-        index_inputs,
-    output:
-        "results/manifest/{dataset}.csv",
-    params:
-        dataset=lambda w: {k: config["datasets"][w.dataset][k] for k in ("root", "machine_types", "ground_truth")},
-        audio=config["audio"],
-    log:
-        "results/logs/index/{dataset}.log",
-    conda:
-        "../../envs/asd.yaml"
-    script:
-        "../scripts/index.py"
-
-
+# Indexes the machine type's clips (names, domains, attributes; no eval ground truth, which enters
+# at evaluation) and caches their fbank.
 rule features:
     input:
-        "results/manifest/{dataset}.csv",
+        machine_audio,
     output:
         "results/features/{dataset}/{machine}.h5",
     params:
+        root=lambda w: config["datasets"][w.dataset]["root"],
         audio=config["audio"],
-        features=config["features"],
+        dtype=config["features"]["dtype"],
+        code=STAGE_VERSIONS["features"],
     log:
         "results/logs/features/{dataset}/{machine}.log",
     benchmark:

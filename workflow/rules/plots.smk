@@ -1,6 +1,6 @@
-# Figures for `snakemake --report report.html`: ROC curves and score histograms (one job per fold,
-# drawing every system), training curves (per fold) and 2-D embedding projections (per fold,
-# machine type and the last epoch of each ensemble). Light jobs: matplotlib, never torch.
+# Figures for `snakemake --report report.html`: ROC curves and score histograms of every system
+# (per evaluated fold: they need labels), training curves and 2-D embedding projections (per fold,
+# every machine type at the last epoch of each ensemble). Light jobs: matplotlib, never a GPU.
 
 # Folds the workflow builds anyway: the evaluated ones (all figures) and the submission fold.
 SUBMISSION_FOLDS = [config["submission"]["fold"]] if config["submission"]["fold"] in FOLDS else []
@@ -17,39 +17,32 @@ BACKBONE_CAPTION = (
 SCORE_FIGURES = {
     kind: [report(f"results/plots/{{fold}}/{kind}_{system}.png", caption=f"../report/{kind}.rst",
                   category=category, subcategory="{fold}", labels={"system": system})
-           for system in cfg.systems(config)]
+           for system in SYSTEMS]
     for kind, category in {"roc": "ROC curves", "histograms": "Score histograms"}.items()
 }
 # What rule all asks for (common.smk's all_targets() appends it).
 PLOT_TARGETS = (
     expand("results/plots/{fold}/{kind}_{system}.png", fold=evaluated_folds(), kind=list(SCORE_FIGURES),
-           system=cfg.systems(config))
+           system=SYSTEMS)
     + expand("results/plots/{fold}/training.png", fold=PLOTTED_FOLDS)
-    + [
-        f"results/plots/{fold}/{machine}/embeddings_epoch_{epoch}.png"
-        for fold in PLOTTED_FOLDS
-        for machine in cfg.fold_machine_types(config, fold)
-        for epoch in EMBEDDING_PLOT_EPOCHS
-    ]
+    + expand("results/plots/{fold}/embeddings", fold=PLOTTED_FOLDS)
 )
 
 
 rule plots_scores:
     input:
-        # [systems x machines], system-major: the order asd.report.plot_fold_scores expects
-        scores=lambda w: [
-            f"results/scores/{w.fold}/{m}/{s}.csv"
-            for s in cfg.systems(config)
-            for m in cfg.fold_machine_types(config, w.fold)
-        ],
+        scores=fold_scores,
+        ground_truth=fold_ground_truth,
         train_log="results/models/{fold}/train_log.csv",
     output:
         roc=SCORE_FIGURES["roc"],
         histograms=SCORE_FIGURES["histograms"],
     params:
         machines=lambda w: cfg.fold_machine_types(config, w.fold),
-        systems=cfg.systems(config),
+        systems=SYSTEMS,
+        ground_truth=lambda w: config["datasets"][cfg.fold_dataset(config, w.fold)]["ground_truth"],
         backbone=BACKBONE_CAPTION,
+        code=STAGE_VERSIONS["plots"],
     log:
         "results/logs/plots_scores/{fold}.log",
     conda:
@@ -58,34 +51,25 @@ rule plots_scores:
         "../scripts/plots_scores.py"
 
 
-rule plots_training:
+rule plots_models:
     input:
-        "results/models/{fold}/train_log.csv",
+        train_log="results/models/{fold}/train_log.csv",
+        embeddings=lambda w: [f"results/embeddings/{w.fold}/{m}/epoch_{e}.h5"
+                              for m in cfg.fold_machine_types(config, w.fold) for e in EMBEDDING_PLOT_EPOCHS],
+        banks=lambda w: [f"results/banks/{w.fold}/{m}/epoch_{e}.json"
+                         for m in cfg.fold_machine_types(config, w.fold) for e in EMBEDDING_PLOT_EPOCHS],
     output:
-        report("results/plots/{fold}/training.png", caption="../report/training.rst", category="Training curves",
-               labels={"fold": "{fold}"}),
+        training=report("results/plots/{fold}/training.png", caption="../report/training.rst",
+                        category="Training curves", labels={"fold": "{fold}"}),
+        embeddings=report(directory("results/plots/{fold}/embeddings"), patterns=["{machine}_epoch_{epoch}.png"],
+                          caption="../report/embeddings.rst", category="Embeddings (PCA)", subcategory="{fold}",
+                          labels={"machine": "{machine}", "epoch": "{epoch}"}),
     params:
         backbone=BACKBONE_CAPTION,
+        code=STAGE_VERSIONS["plots"],
     log:
-        "results/logs/plots_training/{fold}.log",
+        "results/logs/plots_models/{fold}.log",
     conda:
         "../../envs/asd.yaml"
     script:
-        "../scripts/plots_training.py"
-
-
-rule plots_embeddings:
-    input:
-        embeddings="results/embeddings/{fold}/{machine}/epoch_{epoch}.h5",
-        bank="results/banks/{fold}/{machine}/epoch_{epoch}.json",
-    output:
-        report("results/plots/{fold}/{machine}/embeddings_epoch_{epoch}.png", caption="../report/embeddings.rst",
-               category="Embeddings (PCA)", subcategory="{fold}", labels={"machine": "{machine}", "epoch": "{epoch}"}),
-    params:
-        backbone=BACKBONE_CAPTION,
-    log:
-        "results/logs/plots_embeddings/{fold}/{machine}/epoch_{epoch}.log",
-    conda:
-        "../../envs/asd.yaml"
-    script:
-        "../scripts/plots_embeddings.py"
+        "../scripts/plots_models.py"

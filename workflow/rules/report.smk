@@ -1,64 +1,45 @@
-# Evaluation and delivery: per-machine official metrics, Table-1-shaped tables, the submission archive.
+# Evaluation and delivery: official metrics and Table-1 tables per fold (the only step that reads
+# eval ground truth, so new labels rerun nothing upstream), and the submission archive.
 
 
-rule metrics:
+rule evaluate:
     input:
-        system_scores,
-    output:
-        "results/metrics/{fold}/{machine}/{system}.json",
-    log:
-        "results/logs/metrics/{fold}/{machine}/{system}.log",
-    conda:
-        "../../envs/asd.yaml"
-    script:
-        "../scripts/metrics.py"
-
-
-rule table:
-    input:
-        metrics=fold_system_metrics,
+        scores=fold_scores,
+        ground_truth=fold_ground_truth,
         train_log="results/models/{fold}/train_log.csv",
     output:
-        csv="results/tables/{fold}/{system}.csv",
-        md=report("results/tables/{fold}/{system}.md", caption="../report/table.rst", category="Tables",
-                  subcategory="{fold}", labels={"system": "{system}"}),
-    log:
-        "results/logs/table/{fold}/{system}.log",
-    conda:
-        "../../envs/asd.yaml"
-    script:
-        "../scripts/table.py"
-
-
-rule summary:
-    input:
-        tables=lambda w: expand("results/tables/{fold}/{system}.csv", fold=w.fold, system=cfg.systems(config)),
-        train_log="results/models/{fold}/train_log.csv",
-    output:
-        csv="results/tables/{fold}/summary.csv",
-        md=report("results/tables/{fold}/summary.md", category="Tables", subcategory="{fold}",
-                  labels={"fold": "{fold}", "table": "summary"}),
+        metrics=expand("results/metrics/{{fold}}/{system}.json", system=SYSTEMS),
+        tables=expand("results/tables/{{fold}}/{system}.csv", system=SYSTEMS),
+        markdown=[report(f"results/tables/{{fold}}/{system}.md", caption="../report/table.rst", category="Tables",
+                         subcategory="{fold}", labels={"system": system}) for system in SYSTEMS],
+        summary_csv="results/tables/{fold}/summary.csv",
+        summary_md=report("results/tables/{fold}/summary.md", category="Tables", subcategory="{fold}",
+                          labels={"system": "summary"}),
     params:
-        systems=cfg.systems(config),
+        machines=lambda w: cfg.fold_machine_types(config, w.fold),
+        systems=SYSTEMS,
+        ground_truth=lambda w: config["datasets"][cfg.fold_dataset(config, w.fold)]["ground_truth"],
+        code=STAGE_VERSIONS["evaluate"],
     log:
-        "results/logs/summary/{fold}.log",
+        "results/logs/evaluate/{fold}.log",
     conda:
         "../../envs/asd.yaml"
     script:
-        "../scripts/summary.py"
+        "../scripts/evaluate.py"
 
 
 rule submission:
     input:
         scores=submission_scores,
-        dev_tables=submission_dev_metrics,
+        dev_tables=submission_dev_tables,
         checkpoint=f"results/models/{config['submission']['fold']}/epoch_1.pt",
     output:
         "results/submission/{archive}.zip",
     params:
         submission=config["submission"],
-        backbone=config["backbone"],
+        backbone=BACKBONE,
         machine_types=cfg.fold_machine_types(config, config["submission"]["fold"]),
+        code=STAGE_VERSIONS["submission"],
     log:
         "results/logs/submission/{archive}.log",
     conda:

@@ -1,24 +1,25 @@
-# Scoring: per-epoch embeddings, memory banks, KNN scores and multi-epoch ensembles.
+# Scoring: embeddings of every epoch (one GPU job per fold x machine type: the backbone and the
+# features are loaded once), then one light job per fold x machine type for its memory banks, the
+# KNN scores of every scored epoch and the multi-epoch ensembles. Every per-epoch file stays a target.
 
 
 rule embed:
     input:
-        checkpoint="results/models/{fold}/epoch_{epoch}.pt",
+        checkpoints=fold_checkpoints,
         features=machine_features,
     output:
-        "results/embeddings/{fold}/{machine}/epoch_{epoch}.h5",
+        expand("results/embeddings/{{fold}}/{{machine}}/epoch_{epoch}.h5", epoch=TRAINED_EPOCHS),
     params:
-        backbone=config["backbone"],
-        embed=config["embed"],
-        device=config["train"]["device"],
+        backbone=BACKBONE,
         precision=config["train"]["precision"],
+        code=STAGE_VERSIONS["embed"],
     log:
-        "results/logs/embed/{fold}/{machine}/epoch_{epoch}.log",
+        "results/logs/embed/{fold}/{machine}.log",
     benchmark:
-        "results/benchmarks/embed/{fold}/{machine}/epoch_{epoch}.tsv"
+        "results/benchmarks/embed/{fold}/{machine}.tsv"
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPUS,
         mem_mb=16000,
         runtime=60,
     conda:
@@ -27,54 +28,29 @@ rule embed:
         "../scripts/embed.py"
 
 
-rule bank:
+rule score:
     input:
-        embeddings="results/embeddings/{fold}/{machine}/epoch_{epoch}.h5",
+        machine_scored_embeddings,
     output:
-        "results/banks/{fold}/{machine}/epoch_{epoch}.json",
+        banks=expand("results/banks/{{fold}}/{{machine}}/epoch_{epoch}.json", epoch=SCORED_EPOCHS),
+        epochs=expand("results/scores/{{fold}}/{{machine}}/epoch_{epoch}.csv", epoch=SCORED_EPOCHS),
+        ensembles=expand("results/scores/{{fold}}/{{machine}}/{ensemble}.csv", ensemble=ENSEMBLES),
     params:
+        epochs=SCORED_EPOCHS,
+        ensembles=config["ensembles"],
         use_supplemental=config["scoring"]["use_supplemental"],
         kind_override=lambda w: config["supplemental_kinds"].get(w.machine),
-    log:
-        "results/logs/bank/{fold}/{machine}/epoch_{epoch}.log",
-    conda:
-        "../../envs/asd.yaml"
-    script:
-        "../scripts/bank.py"
-
-
-rule knn:
-    input:
-        embeddings="results/embeddings/{fold}/{machine}/epoch_{epoch}.h5",
-        bank="results/banks/{fold}/{machine}/epoch_{epoch}.json",
-    output:
-        "results/scores/{fold}/{machine}/epoch_{epoch}.csv",
-    params:
-        scoring=config["scoring"],
+        scoring={k: v for k, v in config["scoring"].items() if k not in ("epochs", "use_supplemental")},
         decision=config["decision"],
+        code=STAGE_VERSIONS["score"],
     log:
-        "results/logs/knn/{fold}/{machine}/epoch_{epoch}.log",
+        "results/logs/score/{fold}/{machine}.log",
     benchmark:
-        "results/benchmarks/knn/{fold}/{machine}/epoch_{epoch}.tsv"
+        "results/benchmarks/score/{fold}/{machine}.tsv"
     resources:
         mem_mb=4000,
+        runtime=30,
     conda:
         "../../envs/asd.yaml"
     script:
-        "../scripts/knn.py"
-
-
-rule ensemble:
-    input:
-        ensemble_scores,
-    output:
-        "results/scores/{fold}/{machine}/{ensemble}.csv",
-    params:
-        epochs=lambda w: config["ensembles"][w.ensemble],
-        decision=config["decision"],
-    log:
-        "results/logs/ensemble/{fold}/{machine}/{ensemble}.log",
-    conda:
-        "../../envs/asd.yaml"
-    script:
-        "../scripts/ensemble.py"
+        "../scripts/score.py"

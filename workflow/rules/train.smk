@@ -1,26 +1,26 @@
 # Training: one model per fold (all its machine types together), one small checkpoint per epoch.
-# The feature files are ancient(): regenerating one machine type's features (snakemake -R
-# results/features/<dataset>/<machine>.h5) reuses the fold's checkpoints instead of retraining;
-# a change of the feature settings still retrains, through params.
+# Retrains when a feature file or a setting that shapes the model changes; train.device is where it
+# runs, not what it computes, and is read from the config without triggering reruns.
 
 
 rule train:
     input:
-        fold_features_ancient,
+        fold_features,
     output:
-        checkpoints=expand("results/models/{{fold}}/epoch_{epoch}.pt", epoch=range(1, config["train"]["epochs"] + 1)),
+        checkpoints=expand("results/models/{{fold}}/epoch_{epoch}.pt", epoch=TRAINED_EPOCHS),
         log_csv="results/models/{fold}/train_log.csv",
     params:
-        machine_types=lambda w: cfg.fold_machine_types(config, w.fold),
-        settings=cfg.section(config, ["backbone", "model", "train"]),
-        feature_settings=cfg.section(config, ["audio", "features"]),
+        backbone=BACKBONE,
+        model=config["model"],
+        train={k: v for k, v in config["train"].items() if k != "device"},
+        code=STAGE_VERSIONS["train"],
     log:
         "results/logs/train/{fold}.log",
     benchmark:
         "results/benchmarks/train/{fold}.tsv"
     threads: 4
     resources:
-        gpu=1,
+        gpu=GPUS,
         mem_mb=32000,
         runtime=720,
     conda:

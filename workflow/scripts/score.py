@@ -1,9 +1,9 @@
-# Thin wrapper: the logic is asd.rules.bank (testable without Snakemake). `snakemake` is injected
+# Thin wrapper: the logic is asd.rules.score (testable without Snakemake). `snakemake` is injected
 # by the script directive; src/ goes first on the path so that conda envs use this checkout's asd.
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # noqa: F821
 
-from asd.rules import bank, run  # noqa: E402
+from asd.rules import score, run  # noqa: E402
 
-run(snakemake, bank)  # noqa: F821
+run(snakemake, score)  # noqa: F821

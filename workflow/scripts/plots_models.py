@@ -1,0 +1,9 @@
+# Thin wrapper: the logic is asd.rules.plots_models (testable without Snakemake). `snakemake` is injected
+# by the script directive; src/ goes first on the path so that conda envs use this checkout's asd.
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # noqa: F821
+
+from asd.rules import plots_models, run  # noqa: E402
+
+run(snakemake, plots_models)  # noqa: F821

@@ -5,12 +5,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
+# A torch build for your CUDA driver: the pinned PyPI wheel is built for CUDA 13 and needs a driver
+# that supports it (`nvidia-smi` shows "CUDA Version: 13.x"). For a CUDA 12 driver, e.g.
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# installs the same torch/torchaudio versions from PyTorch's index for that CUDA release first.
+TORCH_INDEX ?=
+TORCH_PINS := $(shell grep -E '^torch(audio)?==' requirements.txt)
 
-.PHONY: setup demo test test-fast lint bench clean-results
+.PHONY: setup demo test test-fast lint bench gpu-check clean-results
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet --index-url $(TORCH_INDEX) $(TORCH_PINS))
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -35,6 +42,12 @@ lint: $(STAMP)
 ## benchmarks: JSON + Markdown under results/bench/
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+## what torch sees: its CUDA build, the driver's GPUs, bf16 support (run it on a GPU node)
+gpu-check: $(STAMP)
+	$(BIN)/python -c "import torch; print('torch', torch.__version__, 'built for CUDA', torch.version.cuda); \
+	ok = torch.cuda.is_available(); print('CUDA available:', ok); \
+	ok and print('GPU:', torch.cuda.get_device_name(0), 'capability', torch.cuda.get_device_capability(0))"
 
 clean-results:
 	rm -rf results .snakemake

@@ -150,17 +150,23 @@ def test_unreadable_config_files(tmp_path):
                                 "`key: value` lines (e.g. `train: {epochs: 30}`).")
 
 
-def test_eval_fold_without_ground_truth_is_not_evaluated(tmp_path, eval_layout, capfd):
+def test_eval_fold_without_ground_truth_is_not_evaluated(tmp_path, eval_layout, checkpoint, capfd):
     config = load_config(CONFIG)
     assert fold_has_labels(config, "dev") and not fold_has_labels(config, "eval")  # so no eval tables are targeted
     assert fold_has_labels(load_config(CONFIG, overlay(tmp_path, "datasets: {eval: {ground_truth: gt.csv}}")), "eval")
-    # Asked for explicitly (snakemake results/tables/eval/ensemble.md), the metrics job stops with the fix.
+    # Without labels the 'evaluate' job itself (reached only through asd.rules: the workflow refuses to build
+    # it, see test_bad_inputs_workflow.py) stops with the fix and writes nothing.
     assert set(pd.read_csv(eval_layout.scores).query("role == 'test'")["label"]) == {"unknown"}
-    out, log = tmp_path / "metrics.json", tmp_path / "metrics.log"
-    job = SimpleNamespace(input=[str(eval_layout.scores)], output=[str(out)], log=[str(log)],
-                          wildcards=SimpleNamespace(machine="ToyPet", system="epoch_1"))
+    out, log = tmp_path / "out", tmp_path / "evaluate.log"
+    job = SimpleNamespace(
+        input=SimpleNamespace(scores=[str(eval_layout.scores)], train_log=str(Path(checkpoint).parent / "train_log.csv")),
+        output=SimpleNamespace(metrics=[str(out / "epoch_1.json")], tables=[str(out / "epoch_1.csv")],
+                               markdown=[str(out / "epoch_1.md")], summary_csv=str(out / "summary.csv"),
+                               summary_md=str(out / "summary.md")),
+        params=SimpleNamespace(machines=["ToyPet"], systems=["epoch_1"], ground_truth=None),
+        wildcards=SimpleNamespace(fold="eval"), log=[str(log)])
     with pytest.raises(SystemExit) as exit_status:
-        rules.run(job, rules.metrics)
+        rules.run(job, rules.evaluate)
     message = (f"{eval_layout.scores}: 3 test clips of ToyPet have no label (e.g. section_00_0000.wav); set the "
                "dataset's ground_truth in the config (an eval_data_list csv) to evaluate it, or do not evaluate "
                "this fold.")

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
@@ -9,6 +12,22 @@ from asd.knn import CosineKNN, DomainNormaliser, leave_one_out_scores, score_dom
 
 def sklearn_knn(bank, queries, k):
     return NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(bank).kneighbors(queries)
+
+
+def exact_cosine_distance(bank, queries, indices):
+    """float64 cosine distance [Q, k] of each query to the bank rows ``indices`` [Q, k] (zero rows: distance 1)."""
+    bank, queries = np.asarray(bank, np.float64), np.asarray(queries, np.float64)
+    unit = lambda rows: rows / np.where((n := np.linalg.norm(rows, axis=1, keepdims=True)) == 0, 1.0, n)
+    return 1.0 - np.einsum("qd,qkd->qk", unit(queries), unit(bank)[indices])
+
+
+def assert_same_neighbours(bank, queries, distances, indices, expected_distances, expected_indices, atol=1e-6):
+    """Distances within ``atol``; indices equal except at float32 near-ties (same true distance within ``atol``)."""
+    np.testing.assert_allclose(distances, expected_distances, rtol=0, atol=atol)
+    differ = indices != expected_indices
+    ours = exact_cosine_distance(bank, queries, indices)[differ]
+    theirs = exact_cosine_distance(bank, queries, expected_indices)[differ]
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=atol, err_msg="a differing neighbour is not a near-tie")
 
 
 @pytest.fixture
@@ -29,10 +48,46 @@ def test_matches_sklearn_brute_cosine(k, blocks, request):
     queries = rng.standard_normal((50, 16)).astype(np.float32)
     distances, indices = CosineKNN().fit(bank).neighbours(queries, k)
     expected_distances, expected_indices = sklearn_knn(bank, queries, k)
-    assert distances.shape == (50, k)
-    np.testing.assert_allclose(distances, expected_distances, atol=1e-5)
-    np.testing.assert_array_equal(indices, expected_indices)
-    np.testing.assert_allclose(CosineKNN().fit(bank).distances(queries, k), expected_distances.mean(axis=1), atol=1e-5)
+    assert distances.shape == indices.shape == (50, k)
+    assert distances.dtype == np.float32 and indices.dtype == np.int64
+    assert np.all(np.diff(distances, axis=1) >= 0)  # ascending
+    assert np.all((distances >= 0) & (distances <= 2))
+    assert_same_neighbours(bank, queries, distances, indices, expected_distances, expected_indices)
+    np.testing.assert_allclose(CosineKNN().fit(bank).distances(queries, k), expected_distances.mean(axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_bank_blocks_narrower_than_k(k, monkeypatch):
+    """Bank blocks of 2 rows: a block's candidates are the whole block (incl. a left-out row at -inf)."""
+    monkeypatch.setattr(knn_module, "_QUERY_BLOCK", 3)
+    monkeypatch.setattr(knn_module, "_BLOCK_ELEMENTS", 3 * 2)
+    rng = np.random.default_rng(20 + k)
+    bank = rng.standard_normal((11, 6)).astype(np.float32)
+    distances, indices = CosineKNN().fit(bank).neighbours(bank, k, exclude_self=True)
+    for i in range(len(bank)):
+        rest = np.delete(bank, i, axis=0)
+        expected, expected_idx = sklearn_knn(rest, bank[i : i + 1], k)
+        expected_idx = np.where(expected_idx >= i, expected_idx + 1, expected_idx)  # back to full-bank rows
+        assert_same_neighbours(bank, bank[i : i + 1], distances[i : i + 1], indices[i : i + 1], expected, expected_idx)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_equal_distances_are_ordered_by_bank_index(k, small_blocks):
+    """Exact ties (the same bank row repeated across blocks) come back lowest index first, for any blocking."""
+    rng = np.random.default_rng(30 + k)
+    row = rng.standard_normal(8).astype(np.float32)
+    bank = rng.standard_normal((40, 8)).astype(np.float32)
+    bank[[3, 17, 29, 38]] = row  # in different 13-row bank blocks
+    distances, indices = CosineKNN().fit(bank).neighbours(row[None, :] * 2.0, k)
+    np.testing.assert_array_equal(indices[0], [3, 17, 29, 38][:k])
+    assert np.all(distances == distances[0, 0]) and distances[0, 0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_importing_scoring_does_not_load_torch():
+    """The per-machine scoring job needs numpy/scipy/pandas/h5py only: torch & co. cost seconds to import."""
+    code = "import sys, asd.scoring; print(sorted(m for m in ('torch', 'peft', 'transformers', 'sklearn') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    assert loaded == "[]"
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -43,7 +98,7 @@ def test_exclude_self_equals_sklearn_on_bank_minus_self(k, small_blocks):
     for i in range(len(bank)):
         rest = np.delete(bank, i, axis=0)
         expected, _ = sklearn_knn(rest, bank[i : i + 1], k)
-        assert loo[i] == pytest.approx(expected.mean(), abs=1e-5)
+        assert loo[i] == pytest.approx(expected.mean(), abs=1e-6)
 
 
 def test_exclude_self_is_by_index_not_by_value():
@@ -63,8 +118,9 @@ def test_self_rows_excludes_only_the_given_rows():
     distances, indices = CosineKNN().fit(bank).neighbours(queries, 1, self_rows=np.array([0, 1, 2, -1, -1]))
     assert not np.any(indices[:3, 0] == np.arange(3))  # own rows left out
     expected, expected_idx = sklearn_knn(bank, queries[3:], 1)
-    np.testing.assert_allclose(distances[3:], expected, atol=1e-5)
-    np.testing.assert_array_equal(indices[3:], expected_idx)
+    assert_same_neighbours(bank, queries[3:], distances[3:], indices[3:], expected, expected_idx)
+    with pytest.raises(ValueError, match="self_rows"):
+        CosineKNN().fit(bank).neighbours(queries, 1, self_rows=np.array([0, 1]))
 
 
 def test_k_larger_than_bank_names_the_key():

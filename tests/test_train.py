@@ -4,15 +4,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
 import torch
 
 from asd.errors import AsdError
-from asd.train import learning_rate, spec_augment, train_fold
-from conftest import train_settings
+from asd.train import CRASH_AFTER_EPOCH, learning_rate, spec_augment, train_fold
+from conftest import train_settings, write_fold
 
 
 def run_training(tmp, features, **train):
@@ -51,26 +50,53 @@ train_fold(fold="t", feature_paths={features!r}, checkpoint_paths=[{out!r} + f"/
 """
 
 
-def test_sigkill_mid_training_resumes_to_identical_checkpoints(tmp_path, synthetic_fold):
+def kill_after_first_epoch(out, features) -> None:
+    """Train 3 epochs in a child process that SIGKILLs itself right after epoch 1's state is saved."""
+    script = RESUME_SCRIPT.format(tests=os.path.dirname(__file__), features=[str(p) for p in features], out=str(out))
+    proc = subprocess.run([sys.executable, "-c", script], stderr=subprocess.DEVNULL, start_new_session=True,
+                          env={**os.environ, CRASH_AFTER_EPOCH: "1"}, timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / ".state" / "last.pt").exists() and not (out / "epoch_2.pt").exists()
+
+
+def test_sigkill_mid_training_resumes_to_identical_checkpoints(tmp_path, synthetic_fold, caplog):
     reference = tmp_path / "reference"
     reference.mkdir()
     ref_ckpts, ref_log = run_training(reference, synthetic_fold, epochs=3)
+    assert not (reference / ".state").exists()  # a completed run keeps no resume state
     out = tmp_path / "killed"
     out.mkdir()
-    script = RESUME_SCRIPT.format(tests=os.path.dirname(__file__), features=[str(p) for p in synthetic_fold],
-                                  out=str(out))
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (out / "epoch_1.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed; make the fixture bigger"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "epoch_3.pt").exists()
+    kill_after_first_epoch(out, synthetic_fold)
     (out / "epoch_1.pt").unlink()  # as Snakemake --rerun-incomplete would: the state dir brings it back
-    ckpts, log = run_training(out, synthetic_fold, epochs=3)
+    with caplog.at_level("INFO", logger="asd.train"):
+        ckpts, log = run_training(out, synthetic_fold, epochs=3)
+    assert "resuming after epoch 1" in caplog.text
     assert all(states_equal(a, b) for a, b in zip(ref_ckpts, ckpts))
     assert log["loss"].tolist() == pytest.approx(ref_log["loss"].tolist(), abs=0)
+
+
+def test_changed_features_or_a_completed_run_train_from_scratch(tmp_path, synthetic_fold, caplog):
+    # Interrupted with 2 s clips, rerun on 1.5 s clips (audio.clip_seconds changed): nothing is resumed.
+    out = tmp_path / "run"
+    out.mkdir()
+    kill_after_first_epoch(out, synthetic_fold)
+    shorter = write_fold(tmp_path / "short", seconds=1.5)
+    with caplog.at_level("INFO", logger="asd.train"):
+        ckpts, _ = run_training(out, shorter, epochs=3)
+    assert "belongs to another configuration; training from scratch" in caplog.text
+    assert "resuming" not in caplog.text
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    fresh_ckpts, _ = run_training(fresh, shorter, epochs=3)
+    assert all(states_equal(a, b) for a, b in zip(ckpts, fresh_ckpts))
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert not states_equal(run_training(reference, synthetic_fold, epochs=3)[0][-1], ckpts[-1])
+    # A completed run (then --forcerun, or any rerun of the rule) trains from scratch too.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="asd.train"):
+        run_training(out, shorter, epochs=3)
+    assert "resuming" not in caplog.text and not (out / ".state").exists()
 
 
 def test_nan_loss_stops_with_message(tmp_path, synthetic_fold):

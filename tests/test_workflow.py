@@ -15,7 +15,7 @@ import pytest
 
 from asd.submission import check_submission
 from asd.train import CRASH_AFTER_EPOCH
-from workflow_runner import COMPARED, REPO, result_files, run_workflow, snakemake_command
+from workflow_runner import COMPARED, OVERLAYS, REPO, planned_jobs, planned_outputs, result_files, run_workflow, snakemake_command
 
 pytestmark = pytest.mark.slow
 RANDOM_INIT = "random-init backbone"
@@ -57,7 +57,7 @@ def test_noise_only_supplemental_is_kept_out_of_the_bank(reference_run):
 def test_two_runs_from_scratch_are_identical(reference_run, tmp_path):
     run_workflow(tmp_path)
     first, second = result_files(reference_run, *COMPARED), result_files(tmp_path, *COMPARED)
-    assert first.keys() == second.keys() and len(first) == 40
+    assert first.keys() == second.keys() and len(first) == 37
     assert [k for k in first if first[k] != second[k]] == []
 
 
@@ -79,22 +79,55 @@ def test_sigkill_mid_training_then_rerun_incomplete_gives_same_results(reference
     assert [k for k in first if first[k] != second.get(k)] == []
 
 
+ISOLATED_MACHINE = ["--forcerun", "results/embeddings/dev/fan/epoch_1.h5"]  # the README's command
+
+
 def test_one_machine_type_regenerated_in_isolation(reference_run, tmp_path):
     import shutil
 
     workdir = tmp_path / "copy"
     shutil.copytree(reference_run, workdir, symlinks=True)
+    # the whole fold's training is reused: one embedding job (the GPU one), its scoring, the fold's tables
+    assert planned_jobs(workdir, *ISOLATED_MACHINE) == {"embed": 1, "score": 1, "evaluate": 1, "plots_scores": 1,
+                                                       "plots_models": 1, "submission": 1, "all": 1}
     before = {p: p.stat().st_mtime_ns for p in (workdir / "results").rglob("*") if p.is_file()}
     time.sleep(1.1)
-    run_workflow(workdir, "--forcerun", "results/features/dev/fan.h5")
+    run_workflow(workdir, *ISOLATED_MACHINE)
     changed = {str(p.relative_to(workdir / "results")) for p in before if p.stat().st_mtime_ns != before[p]}
-    assert "features/dev/fan.h5" in changed
     # the dev tables and plots, and the submission whose meta.yaml reports them, are assembled from per-machine files
-    dev_tables = ("tables/dev/", "logs/table/dev/", "logs/summary/dev", "submission/", "logs/submission/",
-                  "plots/dev/", "logs/plots_scores/dev")
+    dev_tables = ("tables/dev/", "metrics/dev/", "logs/evaluate/dev", "submission/", "logs/submission/",
+                  "plots/dev/", "logs/plots_scores/dev", "logs/plots_models/dev")
     assert [c for c in changed if "dev/fan" not in c and not c.startswith(dev_tables)] == []
-    assert not any(c.startswith("models/") for c in changed)
+    assert not any(c.startswith(("models/", "features/")) for c in changed)
     assert any(c.startswith("scores/dev/fan/") for c in changed) and any(c.startswith("tables/dev/") for c in changed)
+
+
+def test_label_scoring_and_device_edits_rerun_only_what_reads_them(reference_run, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(reference_run, workdir, symlinks=True)
+    assert planned_jobs(workdir) == {}
+
+    def overlay(text: str) -> list[str]:
+        path = tmp_path / f"overlay_{len(list(tmp_path.glob('overlay_*')))}.yaml"
+        path.write_text(text)
+        return ["--configfile", *OVERLAYS, str(path)]
+
+    # new eval labels: only the eval fold's evaluation and score plots (labels enter nowhere upstream)
+    truth = tmp_path / "eval_list.csv"
+    truth.write_bytes((workdir / "results/demo_data/dcase/eval_data_list_demo.csv").read_bytes())
+    assert planned_jobs(workdir, *overlay(f"datasets: {{eval: {{ground_truth: {truth}}}}}")) == {
+        "evaluate": 1, "plots_scores": 1, "all": 1}
+    # scoring and decision edits: scoring, evaluation, plots, submission; never features, training or embeddings
+    for text in ("scoring: {k: 2}", "decision: {quantile: 0.8}", "ensembles: {ensemble: [2]}"):
+        jobs = planned_jobs(workdir, *overlay(text))
+        assert jobs["score"] == 3 and not {"features", "train", "embed"} & set(jobs), (text, jobs)
+    # where and how fast the GPU rules run is not what they compute
+    assert planned_jobs(workdir, *overlay("embed: {batch_size: 3}")) == {}
+    # the clip length shapes features and model: everything from the features on
+    jobs = planned_jobs(workdir, *overlay("audio: {clip_seconds: 1.5}"))
+    assert jobs["features"] == 3 and jobs["train"] == 2 and jobs["embed"] == 3
 
 
 def test_lint_passes():
@@ -122,3 +155,28 @@ def test_training_on_the_demo_dataset_lowers_loss_and_raises_accuracy(reference_
     log = pd.read_csv(tmp_path / "train_log.csv")
     assert log["loss"].iloc[-1] < 0.7 * log["loss"].iloc[0]
     assert log["accuracy"].iloc[-1] > log["accuracy"].iloc[0]
+
+
+def test_a_changed_or_added_clip_reruns_its_machine_type_and_fold_only(reference_run, tmp_path):
+    import shutil
+
+    # Real-data layout (not the demo rule): a copy of the demo's dev clips under a root of our own.
+    root = tmp_path / "raw"
+    shutil.copytree(reference_run / "results/demo_data/dcase/dev_data/raw", root)
+    overlay = tmp_path / "real.yaml"
+    overlay.write_text(f"datasets: {{dev: {{root: {root}, demo: false}}}}\n")
+    args = ["--configfile", *OVERLAYS, str(overlay), "results/tables/dev/summary.md"]
+    run_workflow(tmp_path, *args)
+    assert planned_jobs(tmp_path, *args) == {}
+    clip = sorted((root / "fan" / "train").glob("*.wav"))[0]
+    original, stat = clip.read_bytes(), clip.stat()
+    clip.write_bytes(original[:-2000] + bytes(2000))  # a re-recorded clip: same name, new content
+    assert planned_jobs(tmp_path, *args) == {"features": 1, "train": 1, "embed": 2, "score": 2, "evaluate": 1}
+    assert "results/features/dev/fan.h5" in planned_outputs(tmp_path, *args)
+    clip.write_bytes(original)
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert planned_jobs(tmp_path, *args) == {}
+    first = sorted((root / "valve" / "train").glob("*.wav"))[0]
+    shutil.copy(first, first.with_name(first.name.replace("_0000_", "_0999_")))  # a new clip
+    assert planned_jobs(tmp_path, *args) == {"features": 1, "train": 1, "embed": 2, "score": 2, "evaluate": 1}
+    assert "results/features/dev/valve.h5" in planned_outputs(tmp_path, *args)

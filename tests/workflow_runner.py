@@ -37,3 +37,20 @@ def result_files(workdir: Path, *patterns: str) -> dict[str, bytes]:
 
 
 COMPARED = ["scores/**/*.csv", "tables/**/*.csv", "tables/**/*.md", "banks/**/*.json", "metrics/**/*.json"]
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Rule -> number of jobs `snakemake -n` plans (the "Job stats" table); {} when nothing is to be done."""
+    out = run_workflow(workdir, "-n", *args).stdout
+    if "Job stats:" not in out:
+        return {}
+    table = out.split("Job stats:")[1].split("total")[0].splitlines()[3:]
+    return {rule: int(count) for rule, count in (line.split() for line in table if line.strip())}
+
+
+def planned_outputs(workdir: Path, *args: str) -> set[str]:
+    """Every output file of the jobs `snakemake -n` plans."""
+    command = [a for a in snakemake_command(workdir, "-n", *args) if a not in ("--quiet", "rules")]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
+    return {path for line in out.splitlines() if line.strip().startswith("output:")
+            for path in line.split(":", 1)[1].replace(",", " ").split()}

@@ -10,7 +10,6 @@ with the data. A clip is anomalous iff its score > the threshold.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from asd.errors import AsdError
 
@@ -28,6 +27,10 @@ def gamma_threshold(train_loo_scores: np.ndarray, quantile: float = 0.9, *, name
     if np.ptp(scores) == 0:
         # A gamma fit is undefined on a constant sample; any score above the normal value is anomalous.
         return float(scores[0])
+    # Imported here, not at module level: scipy.stats costs ~0.5 s to import, and importing
+    # asd.decision (e.g. via asd.scoring) should stay cheap for callers that never fit a threshold.
+    from scipy import stats
+
     shape, loc, scale = stats.gamma.fit(scores)
     threshold = float(stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
     if not np.isfinite(threshold):

@@ -7,13 +7,18 @@ here makes every rule callable (and tested) without Snakemake: pass any object w
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from asd.logs import run_logged
 
 
 def run(job, function: Callable) -> None:
-    """Run one rule's function with stderr and logging sent to the rule's log file."""
+    """Run one rule's function with stderr and logging sent to the rule's log file, on the job's threads."""
+    threads = str(getattr(job, "threads", "") or "")
+    if threads:  # before torch or numpy start their thread pools: a 1-thread job must not take every core
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[variable] = threads
     run_logged(job.log[0] if len(job.log) else None, lambda: function(job))
 
 

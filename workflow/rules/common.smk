@@ -17,8 +17,12 @@ SCORED_EPOCHS = cfg.scored_epochs(config)
 SYSTEMS = cfg.systems(config)
 # The weights' content identifies the backbone (moving the file reruns nothing; new weights retrain).
 BACKBONE = backbone_identity(config["backbone"])
-# train.device: cpu runs the GPU rules on the CPU on purpose, and then they request no GPU.
+# train.device: cpu runs the GPU rules on the CPU on purpose, and then they request no GPU. Their
+# threads: on a GPU, CPU workers that feed it; on the CPU, one core each for the embedding jobs (they
+# are short and start-up bound, so two at once beat one on two cores) and a fair share per fold.
 GPUS = 0 if config["train"]["device"] == "cpu" else 1
+TRAIN_THREADS = 4 if GPUS else max(1, (workflow.cores or 1) // len(FOLDS))
+EMBED_THREADS = 2 if GPUS else 1
 # Light jobs run on the submit host under a cluster profile (a few seconds each, no GPU, no torch but plots).
 localrules:
     all,
@@ -30,10 +34,10 @@ localrules:
     submission,
 
 
-# One GPU job at a time on a workstation, as its single GPU allows (`--resources gpu=N` for more); a
-# cluster's scheduler shares its own GPUs, so remote runs are not limited here.
-if workflow.local_exec and "gpu" not in workflow.global_resources:
-    workflow.global_resources["gpu"] = 1
+# One GPU job at a time on a workstation, as its single GPU allows (`--resources gpu=N` for more). A
+# cluster run (`--jobs N`, set by the SLURM profile) is not limited here: its scheduler shares the GPUs.
+if workflow.global_resources["_nodes"].value is None and "gpu" not in dict(workflow.global_resources.items()):
+    workflow.register_resource("gpu", 1)
 
 
 wildcard_constraints:

@@ -8,6 +8,8 @@ rule demo_data:
         demo=config["demo_data"],
     log:
         "results/logs/demo_data.log",
+    benchmark:
+        "results/benchmarks/demo_data.tsv"
     conda:
         "../../envs/asd.yaml"
     script:
@@ -47,7 +49,7 @@ rule features:
         "results/logs/features/{dataset}/{machine}.log",
     benchmark:
         "results/benchmarks/features/{dataset}/{machine}.tsv"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,

@@ -45,6 +45,8 @@ rule plots_scores:
         code=STAGE_VERSIONS["plots"],
     log:
         "results/logs/plots_scores/{fold}.log",
+    benchmark:
+        "results/benchmarks/plots_scores/{fold}.tsv"
     conda:
         "../../envs/asd.yaml"
     script:
@@ -69,6 +71,8 @@ rule plots_models:
         code=STAGE_VERSIONS["plots"],
     log:
         "results/logs/plots_models/{fold}.log",
+    benchmark:
+        "results/benchmarks/plots_models/{fold}.tsv"
     conda:
         "../../envs/asd.yaml"
     script:

@@ -22,6 +22,8 @@ rule evaluate:
         code=STAGE_VERSIONS["evaluate"],
     log:
         "results/logs/evaluate/{fold}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{fold}.tsv"
     conda:
         "../../envs/asd.yaml"
     script:
@@ -42,6 +44,8 @@ rule submission:
         code=STAGE_VERSIONS["submission"],
     log:
         "results/logs/submission/{archive}.log",
+    benchmark:
+        "results/benchmarks/submission/{archive}.tsv"
     conda:
         "../../envs/asd.yaml"
     script:

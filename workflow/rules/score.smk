@@ -17,7 +17,7 @@ rule embed:
         "results/logs/embed/{fold}/{machine}.log",
     benchmark:
         "results/benchmarks/embed/{fold}/{machine}.tsv"
-    threads: 2
+    threads: EMBED_THREADS
     resources:
         gpu=GPUS,
         mem_mb=16000,
@@ -48,7 +48,7 @@ rule score:
     benchmark:
         "results/benchmarks/score/{fold}/{machine}.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=1000,
         runtime=30,
     conda:
         "../../envs/asd.yaml"

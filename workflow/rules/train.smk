@@ -18,7 +18,7 @@ rule train:
         "results/logs/train/{fold}.log",
     benchmark:
         "results/benchmarks/train/{fold}.tsv"
-    threads: 4
+    threads: TRAIN_THREADS
     resources:
         gpu=GPUS,
         mem_mb=32000,

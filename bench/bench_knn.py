@@ -1,8 +1,8 @@
-"""Benchmark: asd.knn.CosineKNN vs sklearn brute-force cosine NearestNeighbors (k = 1).
+"""Benchmark: asd.knn.CosineKNN (numpy, blocked matmul + per-block top-k) vs sklearn brute-force cosine NearestNeighbors (k = 1).
 
 Two sizes: the DCASE size (1,100 x 128 bank = 990 + 10 train + 100 supplemental, 200 test
 queries; best of 50 repeats) and a large one (1,000,000 x 128 bank, 10,000
-queries; one run each, about a minute for CosineKNN and several for sklearn; ``--quick`` skips
+queries; one run each, a few minutes each on the shared 2-core machine; ``--quick`` skips
 it). Checks that both return the same neighbours and distances, prints a table and writes
 results/bench/knn.json.
 
@@ -50,7 +50,7 @@ def _compare(case: dict, ours: dict, theirs: dict) -> dict:
 def _time(search, case: dict) -> dict:
     """Best wall time of ``search()`` and its last result. Repeats come in blocks 0.5 s apart: on the
     shared 2-core machine a millisecond call takes ~10 ms whenever another process holds a core
-    (torch's 2 OpenMP threads wait for a scheduler slice), and such phases last a block or more."""
+    (numpy's 2 OpenBLAS threads wait for a scheduler slice), and such phases last a block or more."""
     results, best = [], float("inf")
     for block in range(BLOCKS if case["repeats"] > 1 else 1):
         if block:
@@ -67,8 +67,8 @@ def run(*, quick: bool = False) -> dict:
     data = {case["name"]: (rng.standard_normal((case["bank"], DIM), dtype=np.float32),
                            rng.standard_normal((case["queries"], DIM), dtype=np.float32)) for case in cases}
     # Fit time counts on both sides: each normalises / validates the bank once. Every CosineKNN
-    # timing comes first: once sklearn has run, its own OpenMP and OpenBLAS thread pools (separate
-    # from torch's) compete for the 2 cores; the pipeline's knn jobs never import sklearn.
+    # timing comes first: once sklearn has run, its own OpenMP and scipy's OpenBLAS thread pools
+    # (separate from numpy's OpenBLAS) compete for the 2 cores; the pipeline's knn jobs never import sklearn.
     ours, theirs = {}, {}
     for case in cases:
         bank, queries = data[case["name"]]

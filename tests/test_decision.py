@@ -42,3 +42,18 @@ def test_decide_is_strictly_greater_than():
     decisions = decide(np.array([0.1, 0.5, 0.50001, 2.0]), 0.5)
     np.testing.assert_array_equal(decisions, [0, 0, 1, 1])
     assert decisions.dtype.kind == "i"
+
+
+def test_threshold_is_the_plain_scipy_gamma_fit():
+    """The lazily imported scipy.stats gives exactly the baseline convention: ppf(q) of a free 3-parameter fit."""
+    samples = stats.gamma.rvs(2.5, loc=0.2, scale=0.05, size=500, random_state=np.random.default_rng(3))
+    assert gamma_threshold(samples, 0.9) == float(stats.gamma.ppf(0.9, *stats.gamma.fit(samples)))
+
+
+def test_importing_decision_does_not_import_scipy_stats():
+    """scipy.stats costs ~0.5 s to import; it is loaded only when a threshold is actually fitted."""
+    import subprocess
+    import sys
+
+    code = "import sys, asd.decision; print('scipy.stats' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip() == "False"

@@ -16,9 +16,12 @@ def sklearn_knn(bank, queries, k):
 
 def exact_cosine_distance(bank, queries, indices):
     """float64 cosine distance [Q, k] of each query to the bank rows ``indices`` [Q, k] (zero rows: distance 1)."""
-    bank, queries = np.asarray(bank, np.float64), np.asarray(queries, np.float64)
-    unit = lambda rows: rows / np.where((n := np.linalg.norm(rows, axis=1, keepdims=True)) == 0, 1.0, n)
-    return 1.0 - np.einsum("qd,qkd->qk", unit(queries), unit(bank)[indices])
+    def unit(rows):
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        return rows / np.where(norms == 0, 1.0, norms)
+
+    bank, queries = unit(np.asarray(bank, np.float64)), unit(np.asarray(queries, np.float64))
+    return 1.0 - np.einsum("qd,qkd->qk", queries, bank[indices])
 
 
 def assert_same_neighbours(bank, queries, distances, indices, expected_distances, expected_indices, atol=1e-6):
@@ -37,9 +40,17 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(knn_module, "_BLOCK_ELEMENTS", 7 * 13)
 
 
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.fixture(params=["argmax", "argpartition"])
+def selection(request, monkeypatch):
+    """Both ways of taking a block's top-k: k argmax scans (small k) and np.argpartition (large k)."""
+    if request.param == "argpartition":
+        monkeypatch.setattr(knn_module, "_ARGMAX_PASSES", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
 @pytest.mark.parametrize("blocks", ["default", "small"])
-def test_matches_sklearn_brute_cosine(k, blocks, request):
+def test_matches_sklearn_brute_cosine(k, blocks, selection, request):
     if blocks == "small":
         request.getfixturevalue("small_blocks")
     rng = np.random.default_rng(k)
@@ -72,15 +83,18 @@ def test_bank_blocks_narrower_than_k(k, monkeypatch):
 
 
 @pytest.mark.parametrize("k", [1, 3])
-def test_equal_distances_are_ordered_by_bank_index(k, small_blocks):
-    """Exact ties (the same bank row repeated across blocks) come back lowest index first, for any blocking."""
+def test_duplicated_bank_rows_across_blocks(k, small_blocks, selection):
+    """The same bank row repeated in different bank blocks: k distinct copies come back, all at distance ~0.
+    (BLAS may round the copies' similarities a few ulp apart depending on their place in the block, so
+    their order is not fixed.)"""
     rng = np.random.default_rng(30 + k)
     row = rng.standard_normal(8).astype(np.float32)
     bank = rng.standard_normal((40, 8)).astype(np.float32)
-    bank[[3, 17, 29, 38]] = row  # in different 13-row bank blocks
+    copies = [3, 17, 29, 38]  # in different 13-row bank blocks
+    bank[copies] = row
     distances, indices = CosineKNN().fit(bank).neighbours(row[None, :] * 2.0, k)
-    np.testing.assert_array_equal(indices[0], [3, 17, 29, 38][:k])
-    assert np.all(distances == distances[0, 0]) and distances[0, 0] == pytest.approx(0.0, abs=1e-6)
+    assert len(set(indices[0])) == k and set(indices[0]) <= set(copies)
+    np.testing.assert_allclose(distances, 0.0, atol=1e-6)
 
 
 def test_importing_scoring_does_not_load_torch():
@@ -91,7 +105,7 @@ def test_importing_scoring_does_not_load_torch():
 
 
 @pytest.mark.parametrize("k", [1, 3])
-def test_exclude_self_equals_sklearn_on_bank_minus_self(k, small_blocks):
+def test_exclude_self_equals_sklearn_on_bank_minus_self(k, small_blocks, selection):
     rng = np.random.default_rng(10 + k)
     bank = rng.standard_normal((40, 8)).astype(np.float32)
     loo = CosineKNN().fit(bank).distances(bank, k, exclude_self=True)

@@ -101,7 +101,8 @@ def test_checkpoint_round_trip_and_identity_check(tmp_path):
     x = torch.randn(2, 300, 128)
     model.eval()
     with torch.no_grad():
-        assert torch.equal(model.embed(x), loaded.embed(x))
+        # LoRA B is still zero here; tests/test_lora_merge.py covers trained adapters
+        torch.testing.assert_close(loaded.embed(x), model.embed(x), atol=1e-5, rtol=1e-4)
     with pytest.raises(AsdError, match="num_layers|blocks"):
         load_epoch_checkpoint(path, backbone_settings={**TINY_BACKBONE, "num_layers": 3})
     path.write_bytes(path.read_bytes()[:1000])

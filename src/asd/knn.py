@@ -18,11 +18,12 @@ import numpy as np
 
 from asd.errors import AsdError
 
-# Similarity block = _QUERY_BLOCK x (_BLOCK_ELEMENTS // _QUERY_BLOCK) float32 = 64 MiB (plus, for k > 1,
-# np.argpartition's int64 index array of the same shape, 128 MiB): large enough for an efficient
-# matmul, small enough that memory stays far below 2 GB.
+# Similarity block = _QUERY_BLOCK x (_BLOCK_ELEMENTS // _QUERY_BLOCK) float32 = 64 MiB (plus, for
+# k > _ARGMAX_PASSES, np.argpartition's int64 index array of the same shape, 128 MiB): large enough
+# for an efficient matmul, small enough that memory stays far below 2 GB.
 _QUERY_BLOCK = 1024
 _BLOCK_ELEMENTS = 1 << 24
+_ARGMAX_PASSES = 8  # up to this k, a block's top-k is found by k argmax scans instead of np.argpartition
 
 
 def _l2_normalise(rows: np.ndarray) -> np.ndarray:
@@ -34,14 +35,26 @@ def _l2_normalise(rows: np.ndarray) -> np.ndarray:
 
 
 def _block_top_k(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k largest similarities [Qb, k] of each row of ``sim`` [Qb, Mb] (unordered) and their columns."""
+    """The k largest similarities [Qb, k] of each row of ``sim`` [Qb, Mb] (unordered) and their columns.
+
+    May overwrite ``sim``. Small k: k linear scans (argmax, then that entry set to -inf), each ~100x
+    cheaper than np.argpartition of the block; larger k: one np.argpartition.
+    """
     width = sim.shape[1]
     if k >= width:
         return sim, np.broadcast_to(np.arange(width), sim.shape)
-    if k == 1:  # the common case: a linear scan, ~100x cheaper than a partition of the block
-        cols = sim.argmax(axis=1)[:, None]  # [Qb, 1]; first column among equal maxima
-    else:
-        cols = np.argpartition(sim, width - k, axis=1)[:, width - k :]  # [Qb, k]
+    if k <= _ARGMAX_PASSES:
+        # width > k and at most one entry per row is an excluded -inf, so each scan finds a new column.
+        rows = np.arange(sim.shape[0])
+        cols = np.empty((sim.shape[0], k), dtype=np.int64)
+        values = np.empty((sim.shape[0], k), dtype=sim.dtype)
+        for j in range(k):
+            cols[:, j] = sim.argmax(axis=1)  # first column among equal maxima
+            values[:, j] = sim[rows, cols[:, j]]
+            if j + 1 < k:
+                sim[rows, cols[:, j]] = -np.inf
+        return values, cols
+    cols = np.argpartition(sim, width - k, axis=1)[:, width - k :]  # [Qb, k]
     return np.take_along_axis(sim, cols, axis=1), cols
 
 
@@ -80,7 +93,8 @@ class CosineKNN:
         ``exclude_self=True`` means the queries ARE the bank: query i never matches bank row i.
         ``self_rows`` generalises that: query i never matches bank row ``self_rows[i]`` (-1 = none).
         Exclusion is by index, so duplicated embeddings elsewhere in the bank still count.
-        Equal distances are ordered by bank index (lowest first).
+        Bit-equal similarities are ordered by bank index (lowest first); near-ties may come in any order
+        (BLAS can round a row's similarity a few ulp differently depending on its place in the block).
         """
         if self._bank is None:
             raise RuntimeError("CosineKNN.fit must be called before querying")

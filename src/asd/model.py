@@ -4,17 +4,22 @@
 blocks train), pools the 4th block's token features with ECAPA-style attentive statistics, projects
 them to a 128-d embedding and classifies it with (sub-centre) ArcFace. The checkpoint of one epoch
 holds only the trained tensors plus everything needed to rebuild the model (``checkpoint_dict``).
+
+Training injects the adapters with peft (imported only then: it pulls in transformers, seconds of
+import time). Inference never imports it: ``load_epoch_checkpoint`` builds the model with
+``merge_lora=True``, a plain backbone onto which ``merge_lora_into_backbone`` folds each epoch's
+adapters (W0 + lora_alpha / r * B @ A), the same function as peft's eval-mode forward.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from asd.beats import BEATs
@@ -111,22 +116,98 @@ class ArcFace(nn.Module):
         return F.cross_entropy(self.scale * logits, labels), self.scale * cos
 
 
+LORA_TARGETS = ("q_proj", "v_proj")  # the adapted Linears of each chosen block
+PEFT_ADAPTER = "default"  # the adapter name peft gives an injected LoRA (part of every checkpoint key)
+
+
 def lora_target_pattern(blocks: list[int]) -> str:
     """peft regex matching q_proj and v_proj of the given encoder blocks only."""
-    return rf"encoder\.layers\.({'|'.join(str(b) for b in blocks)})\.self_attn\.(q_proj|v_proj)"
+    return rf"encoder\.layers\.({'|'.join(str(b) for b in blocks)})\.self_attn\.({'|'.join(LORA_TARGETS)})"
+
+
+def lora_scale(head: HeadConfig) -> float:
+    """peft's LoRA scaling for this config: lora_alpha / r (``LoraConfig`` default, no rsLoRA)."""
+    return head.lora_alpha / head.lora_rank
+
+
+def lora_checkpoint_keys(blocks: list[int]) -> Iterator[tuple[str, str, str]]:
+    """(backbone module path, checkpoint key of its lora_A, of its lora_B) of every adapted Linear.
+
+    The keys are the ones a peft-injected ``ASDModel`` writes: the module's path under ``backbone.``
+    plus ``.lora_A.default.weight`` ([r, in]) and ``.lora_B.default.weight`` ([out, r]).
+    """
+    for block in blocks:
+        for target in LORA_TARGETS:
+            module = f"encoder.layers.{block}.self_attn.{target}"
+            yield module, *(f"backbone.{module}.lora_{ab}.{PEFT_ADAPTER}.weight" for ab in "AB")
+
+
+FROZEN_WEIGHT = "lora_frozen_weight"  # non-persistent buffer of an adapted Linear: its backbone weight W0
+
+
+@torch.no_grad()
+def merge_lora_into_backbone(backbone: BEATs, state: Mapping[str, torch.Tensor], *, head: HeadConfig) -> None:
+    """Adapt an epoch checkpoint's LoRA tensors onto a plain (peft-free) backbone, in place.
+
+    The one place inference turns LoRA adapters into backbone weights. ``state`` is a checkpoint's
+    trained state (``ASDModel.trained_state`` of a peft model; only its LoRA keys are read, see
+    ``lora_checkpoint_keys``). Each adapted ``nn.Linear`` (q_proj / v_proj of ``head.lora_blocks``)
+    gets ``weight = W0 + (lora_alpha / r) * B @ A``: peft's eval-mode output ``base(x) + scale * B(A(x))``
+    (no dropout at eval, bias="none") as one matrix, equal to it within float32 rounding.
+
+    W0 is the Linear's backbone weight, kept on the first merge as a non-persistent buffer
+    (``lora_frozen_weight``: not in the state dict, not a parameter, moves with ``.to()``), so every
+    later merge (the next epoch) starts again from W0, never from the previous epoch's weight.
+    A missing key raises KeyError; a wrong shape raises RuntimeError in ``load_state_dict``'s words.
+    """
+    scale = lora_scale(head)
+    updates = []
+    for module_path, key_a, key_b in lora_checkpoint_keys(head.lora_blocks):
+        linear = backbone.get_submodule(module_path)
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"{module_path} is a {type(linear).__name__}, not a plain nn.Linear (a peft model?)")
+        lora_a, lora_b = state[key_a], state[key_b]
+        for key, tensor, shape in ((key_a, lora_a, (head.lora_rank, linear.in_features)),
+                                   (key_b, lora_b, (linear.out_features, head.lora_rank))):
+            if tuple(tensor.shape) != shape:
+                raise RuntimeError(f"size mismatch for {key}: copying a param with shape {tensor.shape} from "
+                                   f"checkpoint, the shape in current model is {torch.Size(shape)}.")
+        updates.append((linear, lora_a, lora_b))
+    for linear, lora_a, lora_b in updates:  # all shapes checked: no half-merged backbone on a bad checkpoint
+        if not hasattr(linear, FROZEN_WEIGHT):
+            linear.register_buffer(FROZEN_WEIGHT, linear.weight.detach().clone(), persistent=False)
+        frozen = getattr(linear, FROZEN_WEIGHT)
+        delta = lora_b.to(frozen.device, torch.float32) @ lora_a.to(frozen.device, torch.float32)  # [out, in]
+        linear.weight.copy_((frozen.float() + scale * delta).to(linear.weight.dtype))
 
 
 class ASDModel(nn.Module):
-    def __init__(self, backbone: BEATs, *, head: HeadConfig, subcenters: list[int]):
+    """Backbone + pooling + projection + ArcFace.
+
+    By default (training) peft injects trainable LoRA adapters into the backbone. With
+    ``merge_lora=True`` (inference) the backbone stays a plain, fully frozen BEATs and peft is never
+    imported; ``load_trained_state`` then merges a checkpoint's adapters into the adapted Linears
+    (``merge_lora_into_backbone``). Such a model computes the same embeddings but cannot save adapters.
+    """
+
+    def __init__(self, backbone: BEATs, *, head: HeadConfig, subcenters: list[int], merge_lora: bool = False):
         super().__init__()
         missing = [b for b in head.lora_blocks if b >= backbone.num_layers]
         if missing:
             raise ValueError(f"model.lora_blocks {missing} do not exist in a {backbone.num_layers}-block backbone")
-        lora = LoraConfig(r=head.lora_rank, lora_alpha=head.lora_alpha, lora_dropout=head.lora_dropout,
-                          target_modules=lora_target_pattern(head.lora_blocks), bias="none")
-        self.backbone = inject_adapter_in_model(lora, backbone)
-        for name, param in self.backbone.named_parameters():
-            param.requires_grad = "lora_" in name  # everything but the adapters stays frozen
+        self.head_config, self.merge_lora = head, merge_lora
+        if merge_lora:
+            self.backbone = backbone
+            for param in self.backbone.parameters():
+                param.requires_grad = False
+        else:
+            from peft import LoraConfig, inject_adapter_in_model  # training only: imports transformers (~4 s)
+
+            lora = LoraConfig(r=head.lora_rank, lora_alpha=head.lora_alpha, lora_dropout=head.lora_dropout,
+                              target_modules=lora_target_pattern(head.lora_blocks), bias="none")
+            self.backbone = inject_adapter_in_model(lora, backbone)
+            for name, param in self.backbone.named_parameters():
+                param.requires_grad = "lora_" in name  # everything but the adapters stays frozen
         dim = backbone.config.encoder_embed_dim
         self.pooling = AttentiveStatsPooling(dim=dim)
         self.projection = nn.Sequential(nn.Linear(2 * dim, 2 * head.embedding_dim), nn.GELU(),
@@ -142,18 +223,32 @@ class ASDModel(nn.Module):
     def forward(self, fbank, frame_padding_mask, labels):
         return self.arcface(self.embed(fbank, frame_padding_mask), labels)
 
+    def _trained_keys(self) -> list[str]:
+        """State-dict keys of the trained tensors; with merged LoRA, the adapter keys a checkpoint holds."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        keys = [k for k in self.state_dict() if k in trainable or not k.startswith("backbone.")]
+        if self.merge_lora:
+            keys += [key for _, *pair in lora_checkpoint_keys(self.head_config.lora_blocks) for key in pair]
+        return keys
+
     def trained_state(self) -> dict[str, torch.Tensor]:
         """Only the tensors training changes: LoRA adapters, pooling, projection, ArcFace centres."""
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items()
-                if k in trainable or not k.startswith("backbone.")}
+        if self.merge_lora:
+            raise TypeError("a merged-LoRA (inference) ASDModel holds no adapters to save; "
+                            "build it without merge_lora to train and checkpoint")
+        state = self.state_dict()
+        return {k: state[k].detach().cpu().clone() for k in self._trained_keys()}
 
     def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
-        expected = self.trained_state().keys()
+        expected = self._trained_keys()
         if set(state) != set(expected):
             raise KeyError(f"trained-state keys differ: missing {sorted(set(expected) - set(state))[:3]}, "
                            f"unexpected {sorted(set(state) - set(expected))[:3]}")
-        self.load_state_dict(state, strict=False)
+        if not self.merge_lora:
+            self.load_state_dict(state, strict=False)
+            return
+        self.load_state_dict({k: v for k, v in state.items() if not k.startswith("backbone.")}, strict=False)
+        merge_lora_into_backbone(self.backbone, state, head=self.head_config)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -222,7 +317,11 @@ def read_epoch_checkpoint(path) -> dict:
 
 
 def load_trained_epoch(model: ASDModel, path, ckpt: dict) -> None:
-    """Load an epoch checkpoint's trained tensors into a model built for the same run."""
+    """Load an epoch checkpoint's trained tensors into a model built for the same run.
+
+    On a ``merge_lora`` model the adapters are merged onto the backbone's own weights, so loading
+    one epoch after another never accumulates them.
+    """
     from asd.errors import AsdError
 
     try:
@@ -232,7 +331,11 @@ def load_trained_epoch(model: ASDModel, path, ckpt: dict) -> None:
 
 
 def load_epoch_checkpoint(path, *, backbone_settings: dict, device: str | torch.device = "cpu") -> tuple[ASDModel, dict]:
-    """Rebuild the model of an epoch checkpoint on top of the configured backbone (identity checked)."""
+    """Rebuild the model of an epoch checkpoint on top of the configured backbone (identity checked).
+
+    The model is an inference model (``merge_lora=True``: no peft, adapters merged into the backbone);
+    ``load_trained_epoch`` swaps in another epoch of the same run.
+    """
     from asd.errors import AsdError
 
     ckpt = read_epoch_checkpoint(path)
@@ -242,6 +345,6 @@ def load_epoch_checkpoint(path, *, backbone_settings: dict, device: str | torch.
                        f"{ckpt['backbone']['num_layers']} blocks, but the config now gives "
                        f"{backbone_label(identity)} with {identity['num_layers']}; restore the config or "
                        f"{_checkpoint_rule(path)}.")
-    model = ASDModel(backbone, head=HeadConfig.from_dict(ckpt["head"]), subcenters=ckpt["subcenters"])
+    model = ASDModel(backbone, head=HeadConfig.from_dict(ckpt["head"]), subcenters=ckpt["subcenters"], merge_lora=True)
     load_trained_epoch(model, path, ckpt)
     return model.to(device).eval(), ckpt

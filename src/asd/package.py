@@ -37,7 +37,11 @@ EXTERNAL_DATASETS = [{"name": "AudioSet (BEATs pre-training)", "url": "https://g
 
 
 def model_cost(checkpoint_path: str, backbone_settings: dict, *, clip_seconds: float = 10.0) -> tuple[int, int]:
-    """(total parameters, multiply-accumulates for one clip's embedding), counted on the real model."""
+    """(total parameters, multiply-accumulates for one clip's embedding), counted on the real model.
+
+    That is the inference model ``load_epoch_checkpoint`` builds: LoRA merged into q_proj / v_proj,
+    so the adapters add neither parameters nor MACs (buffers such as the kept W0 are not counted).
+    """
     model, _ = load_epoch_checkpoint(checkpoint_path, backbone_settings=backbone_settings)
     frames = num_frames(int(clip_seconds * 16000), 16000)
     counter = FlopCounterMode(display=False)

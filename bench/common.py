@@ -88,10 +88,11 @@ def machine() -> dict:
     }
 
 
-def target(what: str, measured: float, goal: float, *, unit: str, higher_is_better: bool = True) -> dict:
-    """One row of the targets table."""
-    met = measured >= goal if higher_is_better else measured <= goal
-    sign = "≥" if higher_is_better else "<"
+def target(what: str, measured: float, goal: float, *, unit: str, higher_is_better: bool = True,
+           at_most: bool = False) -> dict:
+    """One row of the targets table. ``at_most``: a limit that may be reached (shown as ≤, e.g. a job count)."""
+    met = measured >= goal if higher_is_better else (measured <= goal if at_most else measured < goal)
+    sign = "≥" if higher_is_better else ("≤" if at_most else "<")
     return {"what": what, "measured": f"{measured:.3g} {unit}".strip(), "target": f"{sign} {goal:g} {unit}".strip(), "met": met}
 
 

@@ -210,7 +210,7 @@ def test_snakemake_report_holds_every_figure(reference_run, tmp_path):
     figures = [f"results/plots/{fold}/{kind}_{system}.png" for fold in folds for kind in ("roc", "histograms")
                for system in systems]
     figures += [f"results/plots/{fold}/training.png" for fold in folds]
-    figures += [f"results/plots/{fold}/{machine}/embeddings_epoch_2.png" for fold in folds for machine in folds[fold]]
+    figures += [f"results/plots/{fold}/embeddings/{machine}_epoch_2.png" for fold in folds for machine in folds[fold]]
     assert sorted(str(p.relative_to(reference_run)) for p in results.glob("plots/**/*.png")) == sorted(figures)
     for figure in figures:
         png_size(reference_run / figure)
@@ -219,9 +219,10 @@ def test_snakemake_report_holds_every_figure(reference_run, tmp_path):
     for fold, machines in folds.items():
         for system in systems:
             drawn = json.loads(png_text(results / "plots" / fold / f"roc_{system}.png")["Description"])
-            for machine in machines:
-                metrics = json.loads((results / "metrics" / fold / machine / f"{system}.json").read_text())
-                assert drawn[machine] == {"source": metrics["AUC_source"], "target": metrics["AUC_target"]}
+            metrics = json.loads((results / "metrics" / fold / f"{system}.json").read_text())["machines"]
+            assert [m["machine"] for m in metrics] == machines
+            for m in metrics:
+                assert drawn[m["machine"]] == {"source": m["AUC_source"], "target": m["AUC_target"]}
 
     report = tmp_path / "report.html"
     run_workflow(reference_run, "--report", str(report))

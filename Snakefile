@@ -9,13 +9,17 @@ import sys
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from asd.config import validate_config
+from asd.errors import AsdError
 
 
 # config.yaml beside this Snakefile (also when run with --directory elsewhere), then --configfile overlays.
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-config = validate_config(config, source="config (config.yaml + --configfile overlays)")
+try:
+    config = validate_config(config, source="config (config.yaml + --configfile overlays)")
+except AsdError as err:  # the message alone, not Snakemake's report of an exception in the Snakefile
+    sys.exit(f"ERROR: {err}")
 
 
 report: "workflow/report/workflow.rst"

@@ -300,17 +300,17 @@ def test_bank_without_training_clips(tmp_path, checkpoint, eval_layout):
         write_bank(embeddings_path=str(embeddings), out_path=str(tmp_path / "bank.json"), machine="ToyPet",
                    kind_override=None, use_supplemental=True)
     assert str(error.value) == (f"memory bank from {embeddings}: ToyPet: the manifest has no training clips; "
-                                "check the dataset root and rerun the index step.")
+                                "check the dataset root and rerun the 'features' rule.")
     assert not (tmp_path / "bank.json").exists()
 
 
 @pytest.mark.parametrize("members, message", [
     ({"source": [], "target": []},
      "memory bank is empty for ToyPet in {bank}: no source or target clips to compare with; check that the "
-     "manifest lists its training clips and rerun the bank step."),
+     "manifest lists its training clips and rerun the 'score' rule."),
     ({"source": ["section_00_source_train_normal_0009_noAttribute.wav"], "target": []},
      "{bank} lists clips ['section_00_source_train_normal_0009_noAttribute.wav'] that the embeddings do not hold; "
-     "rebuild it with the 'bank' rule (snakemake --forcerun {bank})."),
+     "rebuild it with the 'score' rule (snakemake --forcerun {bank})."),
 ], ids=["empty", "stale"])
 def test_bank_file_that_cannot_be_scored(tmp_path, eval_layout, members, message):
     bank = tmp_path / "bank.json"
@@ -328,8 +328,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synthetic_f
         train(tmp_path, synthetic_fold, epochs=2, learning_rate=1e30)
     good = tmp_path / "epoch_1.pt"
     assert re.fullmatch(re.escape("training fold 't' stopped: the loss became ") + r"(nan|inf)" + re.escape(
-        f" at epoch 2, step 1. Last good checkpoint: epoch 1 ({good}). Lower train.learning_rate or set "
-        "train.precision: fp32, then rerun."), str(error.value))
+        " at epoch 2, step 1. Lower train.learning_rate or set train.precision: fp32, then rerun (a changed setting "
+        "trains from scratch)."), str(error.value))
     assert not (tmp_path / "epoch_2.pt").exists()
     assert pd.read_csv(tmp_path / "train_log.csv")["epoch"].tolist() == [1]
     _, ckpt = load_epoch_checkpoint(good, backbone_settings=TINY_BACKBONE)

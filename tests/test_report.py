@@ -191,7 +191,7 @@ def test_embedding_projection_marks_bank_test_and_excluded_clips(tmp_path):
     assert png_text(out)["Title"] == f"dev / fanA, epoch 3: embeddings (PCA)\n{RANDOM_INIT}"
     # a bank file that misses a training clip is stale: refused, naming the file and the fix
     bank_path.write_text(json.dumps({"members": {"source": members["source"][1:], "target": members["target"]}}))
-    with pytest.raises(AsdError, match=f"{bank_path} does not match.*rebuild it with the 'bank' rule"):
+    with pytest.raises(AsdError, match=f"{bank_path} does not match.*rebuild it with the 'score' rule"):
         plot_embeddings(embeddings_path=str(embeddings_path), bank_path=str(bank_path),
                         out_path=str(tmp_path / "stale.png"), fold="dev", machine="fanA")
 

@@ -143,11 +143,11 @@ def build_bank(
     """
     missing = [column for column in REQUIRED_COLUMNS if column not in manifest_rows.columns]
     if missing:
-        raise AsdError(f"{name}: the manifest lacks columns {missing}; rebuild it with the index step.")
+        raise AsdError(f"{name}: the manifest lacks columns {missing}; rebuild it with the 'features' rule.")
     if len(manifest_rows) != len(embeddings):
         raise AsdError(
             f"{name}: {len(manifest_rows)} manifest rows but {len(embeddings)} embeddings; "
-            "the embeddings are stale, rerun the embed step."
+            "the embeddings are stale, rerun the 'embed' rule."
         )
     if kind_override not in (None, "machine", "noise", "auto"):
         raise AsdError(f"config supplemental_kinds.{name} = {kind_override!r}; use machine, noise or auto.")
@@ -160,7 +160,7 @@ def build_bank(
     train_target = (split == "train") & (domain == "target")
     train = split == "train"
     if not train.any():
-        raise AsdError(f"{name}: the manifest has no training clips; check the dataset root and rerun the index step.")
+        raise AsdError(f"{name}: the manifest has no training clips; check the dataset root and rerun the 'features' rule.")
 
     supp_rows = np.flatnonzero(split == "supplemental")
     decision: dict = {"kind": None, "decided_by": [], "automatic_test": None}
@@ -229,7 +229,7 @@ def _judge_supplemental(
     if bad:
         raise AsdError(
             f"{name}: manifest column supplemental_kind holds {bad} for supplemental clips "
-            "(allowed: machine, noise, unknown); rebuild the manifest with the index step."
+            "(allowed: machine, noise, unknown); rebuild it with the 'features' rule."
         )
     reasons = [f"name says {kind}" for kind in kinds]
     decided_by = ["file name"] * len(kinds)

@@ -20,7 +20,7 @@ def gamma_threshold(train_loo_scores: np.ndarray, quantile: float = 0.9, *, name
     if scores.size < 2 or not np.all(np.isfinite(scores)):
         raise AsdError(
             f"{name}: the decision threshold needs at least 2 finite training leave-one-out scores, got "
-            f"{scores.size} ({int(np.sum(~np.isfinite(scores)))} not finite); rerun the knn step."
+            f"{scores.size} ({int(np.sum(~np.isfinite(scores)))} not finite); rerun the 'score' rule."
         )
     if not 0 < quantile < 1:
         raise AsdError(f"decision.quantile = {quantile}; set it strictly between 0 and 1 (default 0.9).")

@@ -26,7 +26,7 @@ def zscore_params(train_loo_scores: np.ndarray, *, name: str) -> tuple[float, fl
     if scores.size < 2 or not np.all(np.isfinite(scores)):
         raise AsdError(
             f"{name}: z-normalisation needs at least 2 finite training leave-one-out scores, got "
-            f"{scores.size} ({int(np.sum(~np.isfinite(scores)))} not finite); rerun the knn step."
+            f"{scores.size} ({int(np.sum(~np.isfinite(scores)))} not finite); rerun the 'score' rule."
         )
     std = float(scores.std())
     if std == 0:
@@ -62,7 +62,7 @@ def fuse(
     if len(test_lengths) > 1 or len(train_lengths) > 1:
         raise AsdError(
             f"{name}: epochs {epochs} scored different numbers of clips (test {sorted(test_lengths)}, "
-            f"train {sorted(train_lengths)}); rerun the knn step for these epochs."
+            f"train {sorted(train_lengths)}); rerun the 'score' rule."
         )
     fused_test, fused_train = [], []
     for epoch in epochs:
@@ -77,7 +77,7 @@ def fuse_epochs(*, score_paths: list[str], epochs: list[int], out_path: str, mac
     tables = {epoch: read_scores(path).set_index(["role", "split", "file"]) for epoch, path in zip(epochs, score_paths)}
     tests = [t.xs("test", level="role", drop_level=False).index for t in tables.values()]
     if any(not idx.equals(tests[0]) for idx in tests):
-        raise AsdError(f"{machine}: epochs {epochs} scored different test clips ({score_paths}); rerun 'knn'.")
+        raise AsdError(f"{machine}: epochs {epochs} scored different test clips ({score_paths}); rerun the 'score' rule.")
     # The automatic noise test may admit different supplemental clips at different epochs: fuse the
     # bank clips every epoch shares, so each epoch's normalisation uses the same training clips.
     bank = sorted(set.intersection(*(set(t.xs("bank", level="role", drop_level=False).index) for t in tables.values())))

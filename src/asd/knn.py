@@ -71,7 +71,7 @@ class CosineKNN:
         if bank.ndim != 2 or bank.shape[0] == 0:
             raise AsdError(
                 f"memory bank is empty for {self.name}: no normal clips to compare with; "
-                "check that the manifest lists its training clips and rerun the bank step."
+                "check that the manifest lists its training clips and rerun the 'score' rule."
             )
         self._bank = np.ascontiguousarray(_l2_normalise(bank))
         return self
@@ -104,7 +104,7 @@ class CosineKNN:
         if query_rows.shape[1] != bank.shape[1]:
             raise AsdError(
                 f"{self.name}: query embeddings have {query_rows.shape[1]} dimensions but the bank has "
-                f"{bank.shape[1]}; embeddings from different models are mixed, rerun the embed step."
+                f"{bank.shape[1]}; embeddings from different models are mixed, rerun the 'embed' rule."
             )
         if exclude_self:
             if n_queries != n_bank:
@@ -212,7 +212,7 @@ def score_domains(
     if not per_domain:
         raise AsdError(
             f"memory bank is empty for {name}: no source or target clips to compare with; "
-            "check that the manifest lists its training clips and rerun the bank step."
+            "check that the manifest lists its training clips and rerun the 'score' rule."
         )
     score = np.min(np.stack(list(per_domain.values())), axis=0)  # [domains, Q] -> [Q]
     return score, per_domain

@@ -29,7 +29,9 @@ def run_logged(log_path: str | None, function: Callable[[], None]) -> None:
             function()
         except AsdError as err:
             logging.getLogger("asd").error("%s", err)
-            print(f"ERROR: {err}", file=sys.__stderr__)
+            # one write: parallel jobs share the terminal, and a pipe keeps a single small write whole
+            sys.__stderr__.write(f"ERROR: {err}\n")
+            sys.__stderr__.flush()
             raise SystemExit(1) from None
         except Exception:
             logging.getLogger("asd").exception("job failed")

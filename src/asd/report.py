@@ -218,7 +218,7 @@ def clip_groups(manifest: pd.DataFrame, members: dict[str, list[str]], *, bank_p
             group = f"{split} kept out of the bank"
         if group not in CLIP_GROUPS:  # e.g. a training clip missing from the bank: a stale bank file
             raise AsdError(f"{bank_path} does not match the embeddings ({split} clip {file} would be '{group}'); "
-                           f"rebuild it with the 'bank' rule (snakemake --forcerun {bank_path}).")
+                           f"rebuild it with the 'score' rule (snakemake --forcerun {bank_path}).")
         groups.append(group)
     return np.array(groups)
 

@@ -41,12 +41,13 @@ def download(job) -> None:
 
 def features(job) -> None:
     from asd.dataset import build_manifest
-    from asd.features import cache_features
 
     audio, machine = job.params.audio, job.wildcards.machine
     # The machine type's own index: eval ground truth is not read here (labels enter at 'evaluate').
+    # It runs before torch is imported, so a bad clip is reported at once.
     manifest = build_manifest(job.params.root, dataset=job.wildcards.dataset, machine_types=[machine],
                               sample_rate=audio["sample_rate"], channel_policy=audio["channel_policy"])
+    from asd.features import cache_features
     cache_features(manifest=manifest, machine=machine, out_path=job.output[0], sample_rate=audio["sample_rate"],
                    channel_policy=audio["channel_policy"], clip_seconds=audio["clip_seconds"],
                    dtype=job.params.dtype, manifest_path=job.params.root)

@@ -50,7 +50,7 @@ def _bank_rows(manifest: pd.DataFrame, members: list[str], bank_path: str) -> np
     missing = sorted(set(members) - set(by_file.index))
     if missing:
         raise AsdError(f"{bank_path} lists clips {missing[:3]} that the embeddings do not hold; rebuild it with "
-                       f"the 'bank' rule (snakemake --forcerun {bank_path}).")
+                       f"the 'score' rule (snakemake --forcerun {bank_path}).")
     return by_file.loc[members].to_numpy()
 
 

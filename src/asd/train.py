@@ -141,11 +141,10 @@ def train_fold(*, fold: str, feature_paths: list[str], checkpoint_paths: list[st
                           for t in (x, frame_mask[idx], labels[idx]))
             with autocast(device, precision):
                 loss, logits = model(x, mask, y)
-            if not torch.isfinite(loss):
-                last = f"epoch {epoch - 1} ({checkpoint_paths[epoch - 2]})" if epoch > 1 else "none yet"
+            if not torch.isfinite(loss):  # the weights that gave it are already diverged: nothing here is "good"
                 raise AsdError(f"training fold '{fold}' stopped: the loss became {loss.item()} at epoch {epoch}, "
-                               f"step {step_in_epoch + 1}. Last good checkpoint: {last}. Lower train.learning_rate "
-                               f"or set train.precision: fp32, then rerun.")
+                               f"step {step_in_epoch + 1}. Lower train.learning_rate or set train.precision: fp32, "
+                               "then rerun (a changed setting trains from scratch).")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -2,9 +2,11 @@
 # Job shape: one job per dataset x machine type for features, per fold for training (GPU), per fold x
 # machine type for embeddings (GPU, every epoch in one job) and for scoring (banks, KNN of every
 # epoch, ensembles), per fold for evaluation (labels enter only here), plots and the submission.
+import sys
 from pathlib import Path
 
 import asd.config as cfg
+from asd.errors import AsdError
 from asd.dataset import machine_files
 from asd.fingerprint import STAGE_VERSIONS, backbone_identity
 
@@ -16,7 +18,10 @@ TRAINED_EPOCHS = list(range(1, config["train"]["epochs"] + 1))
 SCORED_EPOCHS = cfg.scored_epochs(config)
 SYSTEMS = cfg.systems(config)
 # The weights' content identifies the backbone (moving the file reruns nothing; new weights retrain).
-BACKBONE = backbone_identity(config["backbone"])
+try:
+    BACKBONE = backbone_identity(config["backbone"])
+except AsdError as err:
+    sys.exit(f"ERROR: {err}")
 # train.device: cpu runs the GPU rules on the CPU on purpose, and then they request no GPU. Their
 # threads: on a GPU, CPU workers that feed it; on the CPU, one core each for the embedding jobs (they
 # are short and start-up bound, so two at once beat one on two cores) and a fair share per fold.
@@ -86,9 +91,9 @@ def fold_ground_truth(wildcards):
     """The file the fold's eval labels come from (none for labelled test names); the demo's lies in its folder."""
     dataset = cfg.fold_dataset(config, wildcards.fold)
     spec = config["datasets"][dataset]
-    if not cfg.fold_has_labels(config, wildcards.fold):
-        raise ValueError(f"fold '{wildcards.fold}' cannot be evaluated: the test clips of dataset '{dataset}' "
-                         f"have no labels; set datasets.{dataset}.ground_truth (e.g. eval_data_list_2025.csv).")
+    if not cfg.fold_has_labels(config, wildcards.fold):  # asked for explicitly: stop with the message alone
+        sys.exit(f"ERROR: fold '{wildcards.fold}' cannot be evaluated: the test clips of dataset '{dataset}' "
+                 f"have no labels; set datasets.{dataset}.ground_truth (e.g. eval_data_list_2025.csv).")
     if spec["ground_truth"] is None:
         return []
     return ["results/demo_data/dcase"] if spec["demo"] else [spec["ground_truth"]]

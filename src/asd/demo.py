@@ -11,7 +11,10 @@ noise-only, one clean machine) left to the pipeline's noise detector.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -122,8 +125,10 @@ class _Clip:
     original_name: str = ""  # eval test: the labelled name the ground truth lists
 
 
-def generate_demo(out_root: str | os.PathLike, *, seed: int = 0, scale: str = "demo") -> dict:
+def generate_demo(out_root: str | os.PathLike, *, seed: int = 0, scale: str = "demo", workers: int = 1) -> dict:
     """Write the demo dataset under ``out_root``; return its roots, ground truth and true supplemental kinds.
+
+    ``workers`` processes synthesise machine types in parallel.
 
     Layout: ``dev_data/raw/<machine>/...`` (labelled test names), ``eval_data/raw/<machine>/...``
     (unlabelled ``section_00_NNNN.wav`` test names) and ``eval_data_list_demo.csv``. The same
@@ -142,18 +147,12 @@ def generate_demo(out_root: str | os.PathLike, *, seed: int = 0, scale: str = "d
     out_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=out_root))
     try:
-        ground_truth_lines = []
-        for machine_index, spec in enumerate(_MACHINES):
-            rng = np.random.default_rng([seed, machine_index])
-            clips = _plan_clips(spec, SCALES[scale], rng)
-            folder = staging / f"{spec.dataset}_data" / "raw" / spec.name
-            for clip in clips:
-                _write_wav(folder / clip.split / clip.name, _synthesise(spec, clip, seed=seed, rng=rng))
-            _write_attributes_csv(folder, spec, clips)
-            if spec.dataset == "eval":
-                test_clips = sorted((clip for clip in clips if clip.split == "test"), key=lambda clip: clip.name)
-                ground_truth_lines += [spec.name] + [f"{clip.name},{clip.original_name}" for clip in test_clips]
-        write_text(staging / GROUND_TRUTH_NAME, "\n".join(ground_truth_lines) + "\n")
+        # Each machine type draws from its own generator, so the files do not depend on the worker count.
+        write_machine = functools.partial(_write_machine, staging=staging, seed=seed, scale=SCALES[scale])
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers) if workers > 1 else \
+                contextlib.nullcontext() as pool:
+            lines = list((pool.map if pool else map)(write_machine, range(len(_MACHINES))))
+        write_text(staging / GROUND_TRUTH_NAME, "\n".join(line for machine in lines for line in machine) + "\n")
         for dataset in ("dev_data", "eval_data"):
             write_text(staging / dataset / _MARKER, f"seed={seed} scale={scale}\n")
             if (out_root / dataset).exists():
@@ -171,6 +170,21 @@ def generate_demo(out_root: str | os.PathLike, *, seed: int = 0, scale: str = "d
         },
         "supplemental_content": {spec.name: spec.supplemental_content for spec in _MACHINES},
     }
+
+
+def _write_machine(machine_index: int, *, staging: Path, seed: int, scale: _Scale) -> list[str]:
+    """Synthesise one machine type's clips into ``staging``; its ground-truth lines (eval machine types)."""
+    spec = _MACHINES[machine_index]
+    rng = np.random.default_rng([seed, machine_index])
+    clips = _plan_clips(spec, scale, rng)
+    folder = staging / f"{spec.dataset}_data" / "raw" / spec.name
+    for clip in clips:
+        _write_wav(folder / clip.split / clip.name, _synthesise(spec, clip, seed=seed, rng=rng))
+    _write_attributes_csv(folder, spec, clips)
+    if spec.dataset != "eval":
+        return []
+    test_clips = sorted((clip for clip in clips if clip.split == "test"), key=lambda clip: clip.name)
+    return [spec.name] + [f"{clip.name},{clip.original_name}" for clip in test_clips]
 
 
 def _attribute_string(attributes: Attributes) -> str:

@@ -25,7 +25,7 @@ def run(job, function: Callable) -> None:
 def demo_data(job) -> None:
     from asd.demo import generate_demo
 
-    generate_demo(job.output[0], seed=job.params.demo["seed"], scale=job.params.demo["scale"])
+    generate_demo(job.output[0], seed=job.params.demo["seed"], scale=job.params.demo["scale"], workers=job.threads)
 
 
 def download(job) -> None:

@@ -10,6 +10,7 @@ rule demo_data:
         "results/logs/demo_data.log",
     benchmark:
         "results/benchmarks/demo_data.tsv"
+    threads: 2
     conda:
         "../../envs/asd.yaml"
     script:

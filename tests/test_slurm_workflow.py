@@ -33,11 +33,11 @@ def test_demo_workflow_through_slurm_profile_equals_local_run(reference_run, tmp
         assert proc.returncode == 0, f"{proc.stderr[-6000:]}\n{cluster.log_tails()}"
         sbatch_logs = {log.stem: log for log in (workdir / "slurm-logs").rglob("*.log")}
         accounted = cluster.run(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName,State"]).stdout.split()
-    # The heavy rules ran as sbatch jobs (the light per-machine scoring jobs bundled into group jobs) and
-    # completed; the local rules (demo data, evaluation, plots, submission) ran on the submit host.
+    # The heavy rules ran as sbatch jobs and completed; the light ones (demo data, scoring, evaluation,
+    # plots, submission) ran on the submit host.
     submitted = [log.relative_to(workdir / "slurm-logs").parts[0] for log in sbatch_logs.values()]
-    assert sorted(set(submitted)) == ["group_scoring", "rule_embed", "rule_features", "rule_train"]
-    assert submitted.count("group_scoring") == 1 and len(submitted) == 3 + 2 + 3 + 1  # features, train, embed, scoring
+    assert sorted(set(submitted)) == ["rule_embed", "rule_features", "rule_train"]
+    assert len(submitted) == 3 + 2 + 3  # features, train, embed
     completed = {row.split("|")[0] for row in accounted if row.split("|")[2] == "COMPLETED"}
     assert set(sbatch_logs) <= completed, "every job id in the logs is COMPLETED in sacct"
     local_log = (workdir / "results" / "logs" / "train" / "dev.log").read_text()

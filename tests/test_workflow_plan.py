@@ -33,11 +33,12 @@ def full_data(tmp_path_factory) -> Path:
 
 
 def plan(workdir: Path, *args: str) -> str:
+    """stdout + stderr of `snakemake -n` on the overlay in workdir."""
     proc = subprocess.run([SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "-n",
                            "--configfile", str(workdir / "overlay.yaml"), *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+    return proc.stdout + proc.stderr
 
 
 def test_full_config_plans_a_few_dozen_jobs_and_few_gpu_jobs(full_data):
@@ -52,16 +53,24 @@ def test_full_config_plans_a_few_dozen_jobs_and_few_gpu_jobs(full_data):
 
 
 def test_full_config_under_the_slurm_profile_submits_at_most_40_jobs(full_data):
-    out = plan(full_data, "--profile", str(REPO / "slurm"))
-    jobs = RULE.findall(out)
-    groups = out.count("Group job scoring")
-    submitted = [rule for rule in jobs if rule not in LOCAL_RULES and rule != "score"]
-    assert "download" in LOCAL_RULES and "score" not in LOCAL_RULES
-    assert groups == 2 and len(submitted) + groups <= 40, (len(submitted), groups)
+    jobs = RULE.findall(plan(full_data, "--profile", str(REPO / "slurm")))
+    submitted = [rule for rule in jobs if rule not in LOCAL_RULES]
+    # the light rules (scoring included) and the download (it needs the internet) run on the submit host
+    assert {"download", "score", "evaluate", "submission"} <= LOCAL_RULES
+    assert sorted(set(submitted)) == ["embed", "features", "train"] and len(submitted) == 32
+
+
+ONE_GPU = "GPU jobs run one at a time (--resources gpu=1)"
+
+
+def test_a_workstation_runs_one_gpu_job_at_a_time_unless_told_otherwise(full_data):
+    assert ONE_GPU in plan(full_data, "--cores", "8")
+    assert ONE_GPU not in plan(full_data, "--cores", "8", "--resources", "gpu=2")
+    assert ONE_GPU not in plan(full_data, "--profile", str(REPO / "slurm"))  # the cluster shares its GPUs
 
 
 def test_cpu_device_requests_no_gpu(full_data, tmp_path):
     overlay = yaml.safe_load((full_data / "overlay.yaml").read_text()) | {"train": {"device": "cpu"}}
     (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     out = plan(tmp_path, "--cores", "8")
-    assert "rule train:" in out and not re.findall(r"\bgpu=[1-9]", out)
+    assert "rule train:" in out and not re.findall(r"\bgpu=[1-9]", out) and ONE_GPU not in out

@@ -28,11 +28,13 @@ except AsdError as err:
 GPUS = 0 if config["train"]["device"] == "cpu" else 1
 TRAIN_THREADS = 4 if GPUS else max(1, (workflow.cores or 1) // len(FOLDS))
 EMBED_THREADS = 2 if GPUS else 1
-# Light jobs run on the submit host under a cluster profile (a few seconds each, no GPU, no torch but plots).
+# Light jobs run on the submit host under a cluster profile: seconds each, no GPU, and numpy (matplotlib
+# for plots, torch only to count the submission's MACs); a queue wait would cost more than the work.
 localrules:
     all,
     demo_data,
     download,
+    score,
     evaluate,
     plots_scores,
     plots_models,
@@ -43,6 +45,8 @@ localrules:
 # cluster run (`--jobs N`, set by the SLURM profile) is not limited here: its scheduler shares the GPUs.
 if workflow.global_resources["_nodes"].value is None and "gpu" not in dict(workflow.global_resources.items()):
     workflow.register_resource("gpu", 1)
+    if GPUS:
+        print("GPU jobs run one at a time (--resources gpu=1); give --resources gpu=N for N GPUs.", file=sys.stderr)
 
 
 wildcard_constraints:

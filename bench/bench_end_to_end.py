@@ -25,7 +25,6 @@ from __future__ import annotations
 import inspect
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import REPO, interleaved, machine, standalone, target
+from common import REPO, interleaved, machine, run_snakemake, standalone, target
 
 WALL_TARGET_S = 120.0
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
@@ -44,25 +43,15 @@ DEMO_CONFIG = REPO / "config" / "demo.yaml"
 
 def run_demo(workdir: Path, *, cores: int) -> dict:
     """`make demo`'s command in ``workdir``: wall time, CPU time of every process it started, jobs per rule."""
-    snakemake = Path(sys.executable).with_name("snakemake")
-    command = [str(snakemake), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--cores", str(cores), "--configfile", str(DEMO_CONFIG)]
+    args = ["--directory", str(workdir), "--cores", str(cores), "--configfile", str(DEMO_CONFIG)]
     load_before = [round(x, 2) for x in os.getloadavg()]
-    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
-    start = time.perf_counter()
-    completed = subprocess.run(command, cwd=workdir, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if completed.returncode:
-        raise RuntimeError(f"the demo failed (exit {completed.returncode}): {' '.join(command)}\n"
-                           f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
-    output = completed.stdout + completed.stderr
+    output, wall, cpu = run_snakemake(*args, cwd=workdir)
     stats = output.split("Job stats:", 1)[1].split("total", 1)[0] if "Job stats:" in output else ""
     return {
-        "command": " ".join(command),
+        "command": "snakemake --snakefile Snakefile " + " ".join(args),
         "wall_s": wall,
-        "cpu_s": (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime),
+        "cpu_s": cpu,
         "started": started,
         "ended": started + wall,
         "planned_jobs": {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats, flags=re.MULTILINE)},

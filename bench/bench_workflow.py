@@ -18,17 +18,13 @@ wall time of the dry run (< 10 s, best of --rounds).
 from __future__ import annotations
 
 import re
-import resource
-import subprocess
-import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 import yaml
 
-from common import REPO, machine, standalone, target
+from common import REPO, machine, run_snakemake, standalone, target
 
 WALL_TARGET_S = 10.0
 JOBS_LIMIT = 60
@@ -65,20 +61,9 @@ def fake_data(root: Path) -> Path:
 
 def dry_run(workdir: Path, overlay: Path, *args: str) -> dict:
     """One ``snakemake -n`` on config.yaml + the overlay: wall time, CPU time of the child, and the planned jobs."""
-    snakemake = Path(sys.executable).with_name("snakemake")
-    command = [str(snakemake), "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(overlay), *args]
-    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if completed.returncode:
-        raise RuntimeError(f"snakemake -n {' '.join(args)} failed (exit {completed.returncode}):\n"
-                           f"{completed.stdout[-2000:]}\n{completed.stderr[-2000:]}")
-    output = completed.stdout + completed.stderr
+    output, wall, cpu = run_snakemake("-n", "--directory", str(workdir), "--configfile", str(overlay), *args)
     jobs = JOB.findall(output)
-    return {"wall_s": wall, "cpu_s": (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime),
+    return {"wall_s": wall, "cpu_s": cpu,
             "jobs": dict(Counter(rule for _, rule in jobs)),
             "top_level": dict(Counter(rule for indent, rule in jobs if not indent)),
             "gpu_jobs": len(GPU_JOB.findall(output)), "groups": dict(Counter(GROUP_JOB.findall(output))),

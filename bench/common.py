@@ -70,6 +70,25 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
 
 
+def run_snakemake(*args: str, cwd: Path | None = None) -> tuple[str, float, float]:
+    """The repository's Snakefile with ``args``: (stdout + stderr, wall seconds, CPU seconds of every process
+    it started). A failed run raises with the command and the tail of its output."""
+    import resource
+    import subprocess
+
+    command = [str(Path(sys.executable).with_name("snakemake")), "--snakefile", str(REPO / "Snakefile"), *args]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    completed = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if completed.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed (exit {completed.returncode}):\n"
+                           f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    return completed.stdout + completed.stderr, wall, cpu
+
+
 def machine() -> dict:
     """What the numbers were measured on, including the load they were measured under."""
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []

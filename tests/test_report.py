@@ -188,7 +188,7 @@ def test_embedding_projection_marks_bank_test_and_excluded_clips(tmp_path):
         "test normal: source": 2, "test anomaly: target": 2, "test (unlabelled)": 1}
     np.testing.assert_allclose(points[["pc1", "pc2"]].to_numpy(), pca_2d(embeddings)[0])
     png_size(out)
-    assert png_text(out)["Title"] == f"dev / fanA, epoch 3: embeddings (PCA)\n{RANDOM_INIT}"
+    assert png_text(out)["Title"] == f"dev / fanA, epoch_3: embeddings (PCA)\n{RANDOM_INIT}"
     # a bank file that misses a training clip is stale: refused, naming the file and the fix
     bank_path.write_text(json.dumps({"members": {"source": members["source"][1:], "target": members["target"]}}))
     with pytest.raises(AsdError, match=f"{bank_path} does not match.*rebuild it with the 'score' rule"):
@@ -205,12 +205,13 @@ def test_plot_modules_do_not_import_torch():
 @pytest.mark.slow
 def test_snakemake_report_holds_every_figure(reference_run, tmp_path):
     results = reference_run / "results"
-    systems = ["epoch_1", "epoch_2", "ensemble"]
+    systems = ["frozen", "epoch_1", "epoch_2", "ensemble"]
     folds = {"dev": ["fan", "valve"], "eval": ["Polisher"]}
     figures = [f"results/plots/{fold}/{kind}_{system}.png" for fold in folds for kind in ("roc", "histograms")
                for system in systems]
     figures += [f"results/plots/{fold}/training.png" for fold in folds]
-    figures += [f"results/plots/{fold}/embeddings/{machine}_epoch_2.png" for fold in folds for machine in folds[fold]]
+    figures += [f"results/plots/{fold}/embeddings/{machine}_{system}.png" for fold in folds for machine in folds[fold]
+                for system in ("frozen", "epoch_2")]
     assert sorted(str(p.relative_to(reference_run)) for p in results.glob("plots/**/*.png")) == sorted(figures)
     for figure in figures:
         png_size(reference_run / figure)

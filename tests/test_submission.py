@@ -1,21 +1,32 @@
 """Submission package: result files, meta YAML, archive building and the checker."""
 
+import logging
+import re
 import zipfile
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+from asd.config import load_config, load_schema
 from asd.errors import AsdError
-from conftest import SHARED
+from asd.model import ASDModel, HeadConfig, build_backbone, checkpoint_dict
+from asd.package import build_submission, system_description
+from conftest import REPO, SHARED, TINY_BACKBONE
 from asd.metrics import evaluate_dir
 from asd.submission import (
+    PLACEHOLDER_AUTHORS,
+    PLACEHOLDER_SOURCE_CODE,
+    REQUIRED_DESCRIPTION_KEYS,
     PackagedSystem,
     build_archive,
     check_submission,
     dev_results_from_evaluation,
+    is_placeholder,
     meta_yaml,
+    placeholder_problems,
     read_result_csv,
     validate_or_raise,
     write_system,
@@ -240,3 +251,174 @@ def test_dev_results_from_evaluation_in_percent():
     result = evaluate_dir(f"{folder}/teams/team_conformance/sys2_informative", folder, machines=["3DPrinter"])
     assert dev_results_from_evaluation(result) == {
         "3DPrinter": {"auc_source": 84.06, "auc_target": 81.2, "pauc": 71.53}}
+
+
+# --- placeholders -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("CHANGE_ME", True), ("change.me@example.org", True), ("https://example.org/CHANGE_ME", True),
+    ("Change-Me", True), ("changeme", True),
+    ("Smith", False), ("exchange mechanism", False), ("https://example.org/asd", False), (True, False), (None, False),
+])
+def test_is_placeholder(value, expected):
+    assert is_placeholder(value) is expected
+
+
+def test_placeholders_are_written_on_request_but_refused_by_the_checker(tmp_path):
+    label = "Lastname_Inst_task2_1"
+    scores, decisions = synthetic_outputs(seed=1)
+    write_system(tmp_path / label, scores=scores, decisions=decisions)
+    meta = make_meta(label, authors=list(PLACEHOLDER_AUTHORS), source_code=PLACEHOLDER_SOURCE_CODE)  # not refused
+    systems = [PackagedSystem(label, tmp_path / label, meta)]
+    with pytest.raises(AsdError, match="placeholder"):
+        build_archive(tmp_path / "strict.zip", systems=systems, machines=MACHINES)
+    assert not (tmp_path / "strict.zip").exists()
+    archive = build_archive(tmp_path / "demo.zip", systems=systems, machines=MACHINES, allow_placeholders=True)
+    assert check_submission(archive, machines=MACHINES, allow_placeholders=True) == []
+    problems = check_submission(archive, machines=MACHINES)
+    where = f"{label}/{label}.meta.yaml: "
+    authors_fix = "; edit `submission.authors` in the config (config.yaml) and rebuild the archive"
+    assert problems == [
+        f"{where}submission.authors[0].lastname is the placeholder 'CHANGE_ME'{authors_fix}",
+        f"{where}submission.authors[0].firstname is the placeholder 'CHANGE_ME'{authors_fix}",
+        f"{where}submission.authors[0].email is the placeholder 'change.me@example.org'{authors_fix}",
+        f"{where}submission.authors[0].affiliation.institution is the placeholder 'CHANGE_ME'{authors_fix}",
+        f"{where}source_code is the placeholder 'https://example.org/CHANGE_ME'; edit `submission.source_code` in "
+        "the config (config.yaml) and rebuild the archive",
+        f"{where}submission.label 'Lastname_Inst_task2_1' has the placeholder team prefix Lastname_Inst; edit "
+        "`submission.systems[].label` (and `submission.archive`) in the config (config.yaml) and rebuild the archive "
+        "(<Lastname>_<Institute>_task2_N)",
+    ]
+    with pytest.raises(AsdError, match="is not a valid submission"):
+        validate_or_raise(archive, machines=MACHINES)
+
+
+def test_cli_check_submission_refuses_placeholders(tmp_path, capsys):
+    from asd.cli import main
+
+    label = "Smith_Uni_task2_1"
+    scores, decisions = synthetic_outputs(seed=2)
+    write_system(tmp_path / label, scores=scores, decisions=decisions)
+    meta = make_meta(label, source_code=PLACEHOLDER_SOURCE_CODE)
+    archive = build_archive(tmp_path / "s.zip", systems=[(label, tmp_path / label, meta)], allow_placeholders=True)
+    assert main(["check-submission", str(archive)]) == 1
+    printed = capsys.readouterr().out
+    assert "source_code is the placeholder 'https://example.org/CHANGE_ME'" in printed
+    assert "edit `submission.source_code` in the config" in printed
+
+
+def test_default_submission_settings_name_nobody():
+    """config.yaml and the schema defaults carry placeholders only; the package hard-codes no person."""
+    config = load_config(REPO / "config.yaml")["submission"]
+    schema = {key: spec.get("default") for key, spec in load_schema()["properties"]["submission"]["properties"].items()}
+    for settings in (config, schema):
+        assert settings["authors"], settings
+        for author in settings["authors"]:
+            fields = [author["lastname"], author["firstname"], author["email"], author["affiliation"]["institution"]]
+            assert all(is_placeholder(field) for field in fields), author
+        assert is_placeholder(settings["source_code"])
+        assert all(system["label"].startswith("Lastname_Inst_") for system in settings["systems"])
+    meta = {"submission": {"label": config["systems"][0]["label"], "authors": config["authors"]},
+            "source_code": config["source_code"]}
+    assert len(placeholder_problems(meta)) == 6  # 4 author fields, the URL, the label
+    for module in ("package.py", "submission.py"):
+        text = (REPO / "src" / "asd" / module).read_text()
+        emails = set(re.findall(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", text))
+        assert emails <= {"change.me@example.org"}, (module, emails)
+        assert "firstname" not in text.replace('"firstname": PLACEHOLDER', ""), module
+    demo = load_config(REPO / "config.yaml", REPO / "config" / "demo.yaml")["submission"]
+    assert demo["systems"][0]["label"].startswith("Demo_")  # the demo names a demo team, not a person
+
+
+# --- generated system description ---------------------------------------------------------------
+
+HEAD = {"lora_rank": 64, "lora_alpha": 64.0, "lora_dropout": 0.0, "lora_blocks": [0, 1, 2, 3], "embedding_dim": 128,
+        "arcface_scale": 30.0, "arcface_margin": 0.2, "arcface_subcenters": 16, "pooling_global_context": True}
+BEATS = {"checkpoint": "/models/BEATs_iter3.pt", "sha256": "0123456789abcdef" * 4, "random_init": False,
+         "num_layers": 4, "config": {"encoder_embed_dim": 768}}
+RANDOM = {"checkpoint": None, "sha256": "random-init:demo:seed0", "random_init": True, "num_layers": 2,
+          "config": {"encoder_embed_dim": 64}}
+SCORING = {"epochs": "all", "k": 1, "separate_domain_banks": True, "domain_normalisation": False,
+           "use_supplemental": True}
+
+
+def describe(*, backbone=BEATS, head=None, epochs=(26, 27, 28, 29, 30), scoring=None, quantile=0.9):
+    return system_description(checkpoint={"backbone": backbone, "head": {**HEAD, **(head or {})}},
+                              ensemble_epochs=list(epochs), scoring={**SCORING, **(scoring or {})},
+                              decision={"quantile": quantile})
+
+
+def test_description_is_generated_from_checkpoint_and_config():
+    paper = describe()
+    assert tuple(paper) == REQUIRED_DESCRIPTION_KEYS
+    assert paper["embeddings"].startswith("BEATs BEATs_iter3.pt (sha256 0123456789ab), first 4 transformer blocks")
+    assert "LoRA rank 64, alpha 64 on q_proj/v_proj of blocks 0, 1, 2, 3" in paper["embeddings"]
+    assert "128-d embedding" in paper["embeddings"]
+    assert "epochs 26, 27, 28, 29, 30" in paper["machine_learning_method"]
+    assert "scale 30, margin 0.2, 16 sub-centres" in paper["machine_learning_method"]
+    assert "the 1 nearest memory-bank embedding)" in paper["machine_learning_method"]
+    assert paper["ensemble_method_subsystem_count"] == 5
+    assert "0.9 quantile" in paper["decision_making"]
+    assert "separate source and target memory banks" in paper["domain_generalization_method"]
+    assert paper["external_data_usage"] == "pre-trained BEATs model (BEATs_iter3.pt)"
+
+    other = describe(backbone=RANDOM, head={"lora_rank": 8, "lora_alpha": 16, "lora_blocks": [1, 3]}, epochs=[3, 4],
+                     scoring={"k": 5, "separate_domain_banks": False, "domain_normalisation": True}, quantile=0.95)
+    changed = {key for key in paper if paper[key] != other[key]}
+    assert changed == {"embeddings", "machine_learning_method", "domain_generalization_method",
+                       "ensemble_method_subsystem_count", "decision_making", "external_data_usage"}
+    assert other["embeddings"].startswith("random-init backbone (BEATs architecture, no pre-trained weights), "
+                                          "first 2 transformer blocks (64-d)")
+    assert "LoRA rank 8, alpha 16 on q_proj/v_proj of blocks 1, 3" in other["embeddings"]
+    assert "epochs 3, 4" in other["machine_learning_method"] and "5 nearest" in other["machine_learning_method"]
+    assert other["ensemble_method_subsystem_count"] == 2
+    assert "0.95 quantile" in other["decision_making"]
+    assert other["domain_generalization_method"].startswith("none (one memory bank of both domains, distances "
+                                                            "standardised")
+    assert other["external_data_usage"] == "none (random-init backbone)"
+    assert "one checkpoint (epoch 30)" in describe(epochs=[30])["machine_learning_method"]
+
+
+def test_build_submission_generates_meta_and_warns_of_placeholders(tmp_path, caplog):
+    backbone, identity = build_backbone(TINY_BACKBONE)
+    head = HeadConfig(lora_rank=4, lora_alpha=8, lora_blocks=[2, 3], embedding_dim=16, arcface_subcenters=2)
+    model = ASDModel(backbone, head=head, subcenters=[1, 2])
+    checkpoint = tmp_path / "epoch_1.pt"
+    torch.save(checkpoint_dict(model, epoch=1, head=head, backbone=identity, classes=["a", "b"], subcenters=[1, 2],
+                               metrics={}), checkpoint)
+    score_paths = []
+    for system in ("late", "single"):
+        for machine in MACHINES:
+            rows = [{"role": "test", "split": "test", "file": clip, "domain": "source", "label": "", "attributes": "",
+                     "score": float(i), "decision": int(i > 2)} for i, clip in enumerate(CLIPS)]
+            path = tmp_path / "scores" / machine / f"{system}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(rows).to_csv(path, index=False)
+            score_paths.append(str(path))
+    submission = {"systems": [{"label": "Lastname_Inst_task2_1", "ensemble": "late"},
+                              {"label": "Lastname_Inst_task2_2", "ensemble": "single"}],
+                  "name": "BEATs LoRA ArcFace KNN", "abbreviation": "BLAK", "authors": list(PLACEHOLDER_AUTHORS),
+                  "source_code": PLACEHOLDER_SOURCE_CODE}
+    archive = tmp_path / "Lastname_Inst_task2.zip"
+    with caplog.at_level(logging.WARNING, logger="asd.package"):
+        build_submission(zip_path=str(archive), score_paths=score_paths, dev_tables=[], checkpoint_path=str(checkpoint),
+                         machine_types=MACHINES, submission=submission, backbone_settings=dict(TINY_BACKBONE),
+                         ensembles={"late": [2, 3], "single": [3]}, scoring=dict(SCORING, k=2),
+                         decision={"quantile": 0.8})
+    warned = caplog.text
+    assert "Lastname_Inst_task2_1.meta.yaml: submission.authors[0].lastname is the placeholder" in warned
+    assert "asd check-submission" in warned
+    problems = check_submission(archive, machines=MACHINES)
+    assert len(problems) == 2 * 6 and all("placeholder" in problem for problem in problems), problems
+    with zipfile.ZipFile(archive) as zf:
+        metas = [yaml.safe_load(zf.read(f"Lastname_Inst_task2_{n}/Lastname_Inst_task2_{n}.meta.yaml")) for n in (1, 2)]
+    first, second = (meta["system"]["description"] for meta in metas)
+    assert "LoRA rank 4, alpha 8 on q_proj/v_proj of blocks 2, 3" in first["embeddings"]
+    assert "random-init backbone" in first["embeddings"] and "16-d embedding" in first["embeddings"]
+    assert "epochs 2, 3" in first["machine_learning_method"] and "2 sub-centres" in first["machine_learning_method"]
+    assert "one checkpoint (epoch 3)" in second["machine_learning_method"]
+    assert (first["ensemble_method_subsystem_count"], second["ensemble_method_subsystem_count"]) == (2, 1)
+    assert "0.8 quantile" in first["decision_making"]
+    assert all(meta["external_datasets"] == [] for meta in metas)  # no pre-trained weights were used
+    assert metas[0]["system"]["complexity"]["total_parameters"] > 0 and metas[0]["system"]["complexity"]["MACS"] > 0

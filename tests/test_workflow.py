@@ -24,14 +24,14 @@ RANDOM_INIT = "random-init backbone"
 def test_outputs_tables_and_random_init_labels(reference_run):
     results = reference_run / "results"
     for fold, machines in (("dev", ["fan", "valve"]), ("eval", ["Polisher"])):
-        for system in ("epoch_1", "epoch_2", "ensemble"):
+        for system in ("frozen", "epoch_1", "epoch_2", "ensemble"):
             table = pd.read_csv(results / "tables" / fold / f"{system}.csv").set_index("metric")
             assert list(table.index) == ["AUC Source", "AUC Target", "pAUC", "hmean"]
             assert list(table.columns) == machines + ["All (hmean)"]
             assert ((table >= 0) & (table <= 100)).all().all()
             assert RANDOM_INIT in (results / "tables" / fold / f"{system}.md").read_text()
         summary = pd.read_csv(results / "tables" / fold / "summary.csv")
-        assert list(summary["system"]) == ["epoch_1", "epoch_2", "ensemble"]
+        assert list(summary["system"]) == ["frozen", "epoch_1", "epoch_2", "ensemble"]
         assert (pd.read_csv(results / "models" / fold / "train_log.csv")["backbone"].str.contains(RANDOM_INIT)).all()
     archive = results / "submission" / "Demo_random-init_task2.zip"
     assert check_submission(archive, machines=["Polisher"]) == []
@@ -57,7 +57,7 @@ def test_noise_only_supplemental_is_kept_out_of_the_bank(reference_run):
 def test_two_runs_from_scratch_are_identical(reference_run, tmp_path):
     run_workflow(tmp_path)
     first, second = result_files(reference_run, *COMPARED), result_files(tmp_path, *COMPARED)
-    assert first.keys() == second.keys() and len(first) == 37
+    assert first.keys() == second.keys() and len(first) == 49
     assert [k for k in first if first[k] != second[k]] == []
 
 

@@ -10,6 +10,7 @@ Every error names the key and the fix.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -120,6 +121,10 @@ def _check_references(config: dict, source: str) -> None:
         if late:
             raise AsdError(f"{source}: config key 'ensembles.{name}' lists epochs {late} but train.epochs is "
                            f"{epochs}; use epochs between 1 and {epochs}.")
+    taken = sorted(name for name in config["ensembles"] if name == FROZEN or re.fullmatch(r"epoch_\d+", name))
+    if taken:
+        raise AsdError(f"{source}: config key 'ensembles' names {taken}, which are names of other systems (the "
+                       f"frozen baseline, single epochs); rename the ensemble.")
     scored = config["scoring"]["epochs"]
     if scored != "all" and max(scored) > epochs:
         raise AsdError(f"{source}: config key 'scoring.epochs' lists epoch {max(scored)} beyond train.epochs "
@@ -163,9 +168,12 @@ def scored_epochs(config: dict) -> list[int]:
     return sorted(set(table_epochs(config)) | {e for fused in config["ensembles"].values() for e in fused})
 
 
+FROZEN = "frozen"  # the baseline system: the backbone without fine-tuning, mean-pooled, same banks and KNN
+
+
 def systems(config: dict) -> list[str]:
-    """Names of the score sets that get a table: one per tabled epoch and one per ensemble."""
-    return [f"epoch_{e}" for e in table_epochs(config)] + list(config["ensembles"])
+    """Names of the score sets that get a table: the frozen baseline, one per tabled epoch, one per ensemble."""
+    return [FROZEN] + [f"epoch_{e}" for e in table_epochs(config)] + list(config["ensembles"])
 
 
 def fold_has_labels(config: dict, fold: str) -> bool:

@@ -5,6 +5,10 @@ blocks train), pools the 4th block's token features with ECAPA-style attentive s
 them to a 128-d embedding and classifies it with (sub-centre) ArcFace. The checkpoint of one epoch
 holds only the trained tensors plus everything needed to rebuild the model (``checkpoint_dict``).
 
+Only the backbone follows the caller's autocast (bf16 / fp16): the head (pooling, projection,
+ArcFace) always runs in float32 with autocast switched off, so the stored embeddings (the KNN's
+cosine distances), the ArcFace cosines and their clamp below 1 are float32 whatever the precision.
+
 Training injects the adapters with peft (imported only then: it pulls in transformers, seconds of
 import time). Inference never imports it: ``load_epoch_checkpoint`` builds the model with
 ``merge_lora=True``, a plain backbone onto which ``merge_lora_into_backbone`` folds each epoch's
@@ -37,6 +41,7 @@ class HeadConfig:
     arcface_scale: float = 30.0
     arcface_margin: float = 0.2
     arcface_subcenters: int = 16
+    pooling_global_context: bool = True  # ECAPA: utterance mean and std appended to each frame's attention input
 
     @classmethod
     def from_dict(cls, values: dict) -> "HeadConfig":
@@ -62,24 +67,63 @@ def label_map(manifest: pd.DataFrame) -> tuple[list[str], list[int]]:
     return classes, [is_hidden[c] for c in classes]
 
 
-class AttentiveStatsPooling(nn.Module):
-    """ECAPA-TDNN attentive statistics pooling: per-channel attention over time, weighted mean ‖ std."""
+def float32_region(tensor: torch.Tensor):
+    """Context in which ops on ``tensor``'s device run in their inputs' dtype: autocast switched off.
 
-    def __init__(self, *, dim: int, bottleneck: int = 128):
+    Inside an autocast region a ``.float()`` alone does not help: the next matmul or Linear casts
+    back to bf16 / fp16. The head (pooling, projection, ArcFace) runs in here on float32 inputs.
+    """
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
+def weighted_mean_std(x: torch.Tensor, weights: torch.Tensor, *, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean and std over dim 1 of x [B, T, D] with weights [B, T, D or 1] summing to 1 over T.
+
+    The variance is sum_t w_t (x_t - mu)^2, not E[x^2] - mu^2, which cancels catastrophically when
+    the mean is large against the spread; it is clamped to ``eps`` before the square root.
+    """
+    mean = (weights * x).sum(dim=1)  # [B, D]
+    var = (weights * (x - mean[:, None]).square()).sum(dim=1)
+    return mean, var.clamp_min(eps).sqrt()
+
+
+class AttentiveStatsPooling(nn.Module):
+    """ECAPA-TDNN attentive statistics pooling: per-channel attention over time, weighted mean ‖ std.
+
+    With ``global_context`` (ECAPA-TDNN, Desplanques et al. 2020) each frame's attention input is
+    [h_t ; mean(h) ; std(h)], the mean and std taken over the clip's valid frames; without it, h_t
+    alone. The attention maps it to a bottleneck (tanh) and back to one score per channel; a softmax
+    over the valid frames of each channel gives the weights of the weighted mean and std.
+    Padded tokens (``padding_mask`` True) get no weight anywhere and their values never matter.
+    Runs in the module's dtype (float32) with autocast off, whatever the caller's autocast.
+    """
+
+    def __init__(self, *, dim: int, bottleneck: int = 128, global_context: bool = True, eps: float = 1e-6):
         super().__init__()
-        self.attention = nn.Sequential(nn.Linear(dim, bottleneck), nn.Tanh(), nn.Linear(bottleneck, dim))
+        self.global_context, self.eps = global_context, eps
+        in_dim = 3 * dim if global_context else dim
+        self.attention = nn.Sequential(nn.Linear(in_dim, bottleneck), nn.Tanh(), nn.Linear(bottleneck, dim))
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         # x: [B, T, D]; padding_mask: [B, T] True = padded token
-        scores = self.attention(x).float()  # [B, T, D]
-        if padding_mask is not None:
-            scores = scores.masked_fill(padding_mask[:, :, None], float("-inf"))
-        weights = scores.softmax(dim=1)  # [B, T, D], sums to 1 over valid tokens
-        x = x.float()
-        mean = (weights * x).sum(dim=1)  # [B, D]
-        var = (weights * x.square()).sum(dim=1) - mean.square()
-        std = var.clamp_min(1e-6).sqrt()
-        return torch.cat([mean, std], dim=-1)  # [B, 2D]
+        with float32_region(x):
+            x = x.to(self.attention[0].weight.dtype)
+            if padding_mask is not None:
+                pad = padding_mask[:, :, None]  # [B, T, 1]
+                x = x.masked_fill(pad, 0.0)  # padded values (garbage, even inf / nan) never reach a sum
+            attention_input = x
+            if self.global_context:
+                valid = torch.ones_like(x[:, :, :1]) if padding_mask is None else (~pad).to(x.dtype)
+                uniform = valid / valid.sum(dim=1, keepdim=True).clamp_min(1)  # [B, T, 1]
+                mean, std = weighted_mean_std(x, uniform, eps=self.eps)  # [B, D] over valid frames
+                context = torch.cat([mean, std], dim=-1)[:, None].expand(-1, x.shape[1], -1)  # [B, T, 2D]
+                attention_input = torch.cat([x, context], dim=-1)  # [B, T, 3D]
+            scores = self.attention(attention_input)  # [B, T, D]
+            if padding_mask is not None:
+                scores = scores.masked_fill(pad, float("-inf"))
+            weights = scores.softmax(dim=1)  # [B, T, D], sums to 1 over valid tokens
+            mean, std = weighted_mean_std(x, weights, eps=self.eps)
+            return torch.cat([mean, std], dim=-1)  # [B, 2D]
 
 
 class ArcFace(nn.Module):
@@ -97,23 +141,26 @@ class ArcFace(nn.Module):
         self.scale, self.margin = scale, margin
 
     def cosine(self, embedding: torch.Tensor) -> torch.Tensor:
-        """[B, E] -> [B, C]: cosine to the nearest valid centre of each class."""
-        centres = F.normalize(self.weight.float(), dim=-1)  # [C, K, E]
-        cos = torch.einsum("be,cke->bck", F.normalize(embedding.float(), dim=-1), centres)  # [B, C, K]
-        return cos.masked_fill(~self.centre_mask, -2.0).amax(dim=-1)  # [B, C]
+        """[B, E] -> [B, C]: cosine to the nearest valid centre of each class (float32, autocast off)."""
+        with float32_region(embedding):
+            centres = F.normalize(self.weight.float(), dim=-1)  # [C, K, E]
+            cos = torch.einsum("be,cke->bck", F.normalize(embedding.float(), dim=-1), centres)  # [B, C, K]
+            return cos.masked_fill(~self.centre_mask, -2.0).amax(dim=-1)  # [B, C]
 
     def forward(self, embedding: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (loss, margin-free logits [B, C]) for labels [B]."""
-        cos = self.cosine(embedding).clamp(-1 + 1e-7, 1 - 1e-7)
-        target_cos = cos.gather(1, labels[:, None])  # [B, 1]
-        sin = (1 - target_cos.square()).sqrt()
-        with_margin = target_cos * math.cos(self.margin) - sin * math.sin(self.margin)
-        # Beyond theta = pi - m, cos(theta + m) would increase again; use the usual linear fallback.
-        threshold = math.cos(math.pi - self.margin)
-        with_margin = torch.where(target_cos > threshold, with_margin,
-                                  target_cos - math.sin(math.pi - self.margin) * self.margin)
-        logits = cos.scatter(1, labels[:, None], with_margin)
-        return F.cross_entropy(self.scale * logits, labels), self.scale * cos
+        """Returns (loss, margin-free logits [B, C]) for labels [B], both float32."""
+        with float32_region(embedding):
+            # float32 keeps 1 - 1e-7 below 1 (bf16 would round it to 1: sin = 0, an infinite gradient)
+            cos = self.cosine(embedding).clamp(-1 + 1e-7, 1 - 1e-7)
+            target_cos = cos.gather(1, labels[:, None])  # [B, 1]
+            sin = (1 - target_cos.square()).sqrt()
+            with_margin = target_cos * math.cos(self.margin) - sin * math.sin(self.margin)
+            # Beyond theta = pi - m, cos(theta + m) would increase again; use the usual linear fallback.
+            threshold = math.cos(math.pi - self.margin)
+            with_margin = torch.where(target_cos > threshold, with_margin,
+                                      target_cos - math.sin(math.pi - self.margin) * self.margin)
+            logits = cos.scatter(1, labels[:, None], with_margin)
+            return F.cross_entropy(self.scale * logits, labels), self.scale * cos
 
 
 LORA_TARGETS = ("q_proj", "v_proj")  # the adapted Linears of each chosen block
@@ -209,16 +256,24 @@ class ASDModel(nn.Module):
             for name, param in self.backbone.named_parameters():
                 param.requires_grad = "lora_" in name  # everything but the adapters stays frozen
         dim = backbone.config.encoder_embed_dim
-        self.pooling = AttentiveStatsPooling(dim=dim)
+        self.pooling = AttentiveStatsPooling(dim=dim, global_context=head.pooling_global_context)
         self.projection = nn.Sequential(nn.Linear(2 * dim, 2 * head.embedding_dim), nn.GELU(),
                                         nn.Linear(2 * head.embedding_dim, head.embedding_dim))
         self.arcface = ArcFace(embedding_dim=head.embedding_dim, subcenters=subcenters,
                                scale=head.arcface_scale, margin=head.arcface_margin)
 
     def embed(self, fbank: torch.Tensor, frame_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, frames, 128] normalised fbank -> [B, E] embedding (float32)."""
+        """[B, frames, 128] normalised fbank -> [B, E] embedding (float32).
+
+        The backbone runs under the caller's autocast, if any; the head always in float32.
+        """
         tokens, token_mask = self.backbone.forward_fbank(fbank, frame_padding_mask)  # [B, T, D], [B, T]
-        return self.projection(self.pooling(tokens, token_mask)).float()
+        return self.pool_and_project(tokens, token_mask)
+
+    def pool_and_project(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Backbone tokens [B, T, D] (any dtype) -> [B, E] embedding: pooling + projection in float32."""
+        with float32_region(tokens):
+            return self.projection(self.pooling(tokens.float(), token_mask))
 
     def forward(self, fbank, frame_padding_mask, labels):
         return self.arcface(self.embed(fbank, frame_padding_mask), labels)

@@ -1,39 +1,118 @@
-"""Assemble the DCASE submission archive from ensemble scores, dev tables and the model's cost."""
+"""Assemble the DCASE submission archive from ensemble scores, dev tables and the model's cost.
+
+Each system's meta.yaml description is generated, never hard-coded: the backbone, LoRA and head
+settings come from the submitted checkpoint, the fused epochs, the scorer and the decision quantile
+from the config, parameters and MACs are counted on the model. The authors, source URL and labels
+come from the config's ``submission`` section; its defaults are placeholders, which the archive may
+carry (so the demo runs end to end) but ``asd check-submission`` refuses until they are edited.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from asd.features import num_frames
-from asd.model import load_epoch_checkpoint
+from asd.features import NUM_MEL_BINS, num_frames
+from asd.model import load_epoch_checkpoint, read_epoch_checkpoint
 from asd.store import read_scores
-from asd.submission import build_archive, meta_yaml, write_system
+from asd.submission import (
+    PLACEHOLDER_AUTHORS,
+    PLACEHOLDER_SOURCE_CODE,
+    RANDOM_INIT_NOTE,
+    build_archive,
+    meta_yaml,
+    placeholder_problems,
+    write_system,
+)
 from asd.tables import ALL, ROWS
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = {
-    "input_sampling_rate": 16,
-    "data_augmentation": "SpecAugment",
-    "front_end": "BEATs log-mel fbank (Kaldi, 25 ms / 10 ms, 128 bins)",
-    "acoustic_features": "log-mel energies",
-    "embeddings": "BEATs iter3 (4 blocks) with LoRA r=64, attentive statistics pooling, 128-d",
-    "machine_learning_method": "ArcFace attribute classification, KNN (cosine) detector",
-    "aggregation_method": "attentive statistics pooling",
-    "domain_adaptation_method": "none",
-    "domain_generalization_method": "separate source/target memory banks (min distance)",
-    "ensemble_method_subsystem_count": 1,
-    "decision_making": "gamma fit of training leave-one-out scores, 0.9 quantile",
-    "attribute_usage": "ArcFace classes; domain classes for machine types without attributes",
-    "external_data_usage": "BEATs pre-trained model",
-    "development_data_usage": "development",
-}
-EXTERNAL_DATASETS = [{"name": "AudioSet (BEATs pre-training)", "url": "https://github.com/microsoft/unilm/tree/master/beats"}]
+SAMPLE_RATE = 16000  # BEATs' input rate; clips are resampled to it
+BEATS_PRETRAINING = {"name": "AudioSet (BEATs pre-training)",
+                     "url": "https://github.com/microsoft/unilm/tree/master/beats"}
+
+
+def _numbers(values: Sequence[Any]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def backbone_text(identity: Mapping[str, Any]) -> str:
+    """The backbone of a checkpoint's identity record: checkpoint file name and sha256 prefix, or random-init."""
+    blocks = identity["num_layers"]
+    width = (identity.get("config") or {}).get("encoder_embed_dim")
+    shape = f"first {blocks} transformer blocks" + (f" ({width}-d)" if width else "")
+    if identity["random_init"]:
+        return f"{RANDOM_INIT_NOTE} (BEATs architecture, no pre-trained weights), {shape}"
+    return f"BEATs {Path(str(identity['checkpoint'])).name} (sha256 {identity['sha256'][:12]}), {shape}"
+
+
+def system_description(*, checkpoint: Mapping[str, Any], ensemble_epochs: Sequence[int], scoring: Mapping[str, Any],
+                       decision: Mapping[str, Any]) -> dict[str, Any]:
+    """The meta.yaml ``system.description`` of one submitted system.
+
+    checkpoint: an epoch checkpoint's dict (its ``backbone`` identity and ``head`` settings);
+    ensemble_epochs: the epochs the system fuses (config ``ensembles[<name>]``); scoring and
+    decision: the config sections of those names.
+    """
+    identity, head = checkpoint["backbone"], checkpoint["head"]
+    random_init = bool(identity["random_init"])
+    pooling = "attentive statistics pooling" + (" with global context (clip mean and std)"
+                                                if head.get("pooling_global_context") else "")
+    embeddings = (f"{backbone_text(identity)}; LoRA rank {head['lora_rank']}, alpha {head['lora_alpha']:g} on "
+                  f"q_proj/v_proj of blocks {_numbers(head['lora_blocks'])}; {pooling}; "
+                  f"{head['embedding_dim']}-d embedding")
+    epochs = sorted(ensemble_epochs)
+    if len(epochs) == 1:
+        ensemble = f"one checkpoint (epoch {epochs[0]})"
+    else:
+        ensemble = (f"ensemble of {len(epochs)} epochs of one training run (epochs {_numbers(epochs)}): scores "
+                    "z-normalised with the training clips' leave-one-out statistics, then averaged")
+    k, normalised = scoring["k"], scoring["domain_normalisation"]
+    classifier = (f"ArcFace attribute classification (scale {head['arcface_scale']:g}, margin "
+                  f"{head['arcface_margin']:g}, {head['arcface_subcenters']} sub-centres per class for machine "
+                  "types without attributes)")
+    detector = f"cosine KNN detector (mean distance to the {k} nearest memory-bank embedding{'s' if k > 1 else ''})"
+    if scoring["separate_domain_banks"]:
+        generalization = "separate source and target memory banks, score = minimum over the two domains"
+        if normalised:
+            generalization += "; each domain's distances standardised with its bank's leave-one-out statistics"
+    else:
+        generalization = "none (one memory bank of both domains"
+        generalization += ", distances standardised with its leave-one-out statistics)" if normalised else ")"
+    development = "development"
+    if scoring.get("use_supplemental"):
+        development += " (clean supplemental clips added to the memory banks)"
+    return {
+        "input_sampling_rate": SAMPLE_RATE // 1000,
+        "data_augmentation": "SpecAugment (one time and one frequency mask per clip)",
+        "front_end": f"BEATs log-mel fbank (Kaldi, 25 ms / 10 ms, {NUM_MEL_BINS} bins)",
+        "acoustic_features": "log-mel energies",
+        "embeddings": embeddings,
+        "machine_learning_method": f"{classifier}; {detector}; {ensemble}",
+        "aggregation_method": pooling,
+        "domain_adaptation_method": "none",
+        "domain_generalization_method": generalization,
+        "ensemble_method_subsystem_count": len(epochs),
+        "decision_making": (f"threshold at the {decision['quantile']:g} quantile of a gamma distribution fitted to "
+                            f"the training clips' leave-one-out {'fused ' if len(epochs) > 1 else ''}scores"),
+        "attribute_usage": "ArcFace classes: machine type and attribute values; machine type and domain for "
+                           "machine types without attributes",
+        "external_data_usage": "none (random-init backbone)" if random_init else
+                               f"pre-trained BEATs model ({Path(str(identity['checkpoint'])).name})",
+        "development_data_usage": development,
+    }
+
+
+def external_datasets(identity: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A random-init backbone used no external data; a BEATs checkpoint was pre-trained on AudioSet."""
+    return [] if identity["random_init"] else [dict(BEATS_PRETRAINING)]
 
 
 def model_cost(checkpoint_path: str, backbone_settings: dict, *, clip_seconds: float = 10.0) -> tuple[int, int]:
@@ -43,10 +122,10 @@ def model_cost(checkpoint_path: str, backbone_settings: dict, *, clip_seconds: f
     so the adapters add neither parameters nor MACs (buffers such as the kept W0 are not counted).
     """
     model, _ = load_epoch_checkpoint(checkpoint_path, backbone_settings=backbone_settings)
-    frames = num_frames(int(clip_seconds * 16000), 16000)
+    frames = num_frames(int(clip_seconds * SAMPLE_RATE), SAMPLE_RATE)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model.embed(torch.zeros(1, frames, 128))
+        model.embed(torch.zeros(1, frames, NUM_MEL_BINS))
     return sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2
 
 
@@ -57,11 +136,18 @@ def dev_results(table_path: str) -> dict[str, dict[str, float]]:
 
 
 def build_submission(*, zip_path: str, score_paths: list[str], dev_tables: list[str], checkpoint_path: str,
-                     machine_types: list[str], submission: dict, backbone_settings: dict) -> None:
-    """score_paths: for each system in order, one ensemble score CSV per machine type (in machine_types order)."""
-    systems, test_files = [], {}
+                     machine_types: list[str], submission: dict, backbone_settings: dict,
+                     ensembles: Mapping[str, Sequence[int]], scoring: Mapping[str, Any],
+                     decision: Mapping[str, Any]) -> None:
+    """score_paths: for each system in order, one ensemble score CSV per machine type (in machine_types order).
+
+    ensembles, scoring, decision: the config sections of those names (they fill the description).
+    Placeholders left in the submission settings are written, each logged as a warning.
+    """
+    systems, test_files, warnings = [], {}, []
     total_parameters, macs = model_cost(checkpoint_path, backbone_settings)
-    random_init = not backbone_settings.get("checkpoint")
+    checkpoint = read_epoch_checkpoint(checkpoint_path)
+    random_init = bool(checkpoint["backbone"]["random_init"])
     work = Path(zip_path).with_suffix("")
     for s, system in enumerate(submission["systems"]):
         scores, decisions = {}, {}
@@ -72,13 +158,24 @@ def build_submission(*, zip_path: str, score_paths: list[str], dev_tables: list[
             test_files[machine] = list(test["file"])
         system_dir = work / system["label"]
         write_system(system_dir, scores=scores, decisions=decisions)
+        description = system_description(checkpoint=checkpoint, ensemble_epochs=ensembles[system["ensemble"]],
+                                         scoring=scoring, decision=decision)
         text = meta_yaml(label=system["label"], name=f"{submission['name']} ({system['ensemble']})",
-                         abbreviation=submission["abbreviation"], authors=submission["authors"] or [{"lastname": "Unknown"}],
-                         description=DESCRIPTION, total_parameters=total_parameters, macs=macs,
+                         abbreviation=submission["abbreviation"],
+                         authors=submission.get("authors") or list(PLACEHOLDER_AUTHORS),
+                         description=description, total_parameters=total_parameters, macs=macs,
                          dev_results=dev_results(dev_tables[s]) if dev_tables else {},
-                         external_datasets=EXTERNAL_DATASETS, source_code=submission["source_code"],
+                         external_datasets=external_datasets(checkpoint["backbone"]),
+                         source_code=submission.get("source_code") or PLACEHOLDER_SOURCE_CODE,
                          random_init_backbone=random_init)
+        warnings += [f"{system['label']}.meta.yaml: {problem}"
+                     for problem in placeholder_problems(yaml.safe_load(text))]
         systems.append((system["label"], system_dir, text))
-    build_archive(zip_path, systems=systems, machines=machine_types, test_files=test_files)
+    build_archive(zip_path, systems=systems, machines=machine_types, test_files=test_files, allow_placeholders=True)
     log.info("wrote %s: %d systems, %d machine types, %d parameters, %.2f GMACs per clip%s", zip_path, len(systems),
              len(machine_types), total_parameters, macs / 1e9, " (random-init backbone)" if random_init else "")
+    for warning in warnings:
+        log.warning("placeholder: %s", warning)
+    if warnings:
+        log.warning("%s holds %d placeholder(s); `asd check-submission %s` refuses it until the config's "
+                    "`submission` section names the team and the archive is rebuilt", zip_path, len(warnings), zip_path)

@@ -233,7 +233,8 @@ def plot_embeddings(*, embeddings_path: str, bank_path: str, out_path: str, fold
     coords, explained = pca_2d(embeddings)
     points = pd.DataFrame({"pc1": coords[:, 0], "pc2": coords[:, 1], "file": manifest["file"],
                            "group": clip_groups(manifest, members, bank_path=bank_path)})
-    title = f"{fold} / {machine}, epoch {int(attrs['epoch'])}: embeddings (PCA)\n{attrs['backbone']}"
+    system = str(attrs.get("system", f"epoch_{int(attrs['epoch'])}"))
+    title = f"{fold} / {machine}, {system}: embeddings (PCA)\n{attrs['backbone']}"
     with _figure(out_path, panels=1, title=title, panel_inches=(7.5, 4.8)) as (ax,):
         for group, (colour, marker) in CLIP_GROUPS.items():
             chosen = points[points["group"] == group]

@@ -67,7 +67,8 @@ def embed(job) -> None:
     from asd.embed import extract_epoch_embeddings
 
     extract_epoch_embeddings(checkpoint_paths=list(job.input.checkpoints), features_path=job.input.features,
-                             out_paths=list(job.output), backbone_settings=dict(job.config["backbone"]),
+                             out_paths=list(job.output.epochs), frozen_path=job.output.frozen,
+                             backbone_settings=dict(job.config["backbone"]),
                              batch_size=job.config["embed"]["batch_size"], device=job.config["train"]["device"],
                              precision=job.params.precision)
 
@@ -75,8 +76,8 @@ def embed(job) -> None:
 def score(job) -> None:
     from asd.scoring import score_machine
 
-    score_machine(embedding_paths=list(job.input), epochs=list(job.params.epochs), bank_paths=list(job.output.banks),
-                  score_paths=list(job.output.epochs), ensembles=dict(job.params.ensembles),
+    score_machine(systems=list(job.params.systems), embedding_paths=list(job.input), bank_paths=list(job.output.banks),
+                  score_paths=list(job.output.scores), ensembles=dict(job.params.ensembles),
                   ensemble_paths=list(job.output.ensembles), machine=job.wildcards.machine,
                   kind_override=job.params.kind_override, use_supplemental=job.params.use_supplemental,
                   scoring=dict(job.params.scoring), decision=dict(job.params.decision))
@@ -97,7 +98,9 @@ def submission(job) -> None:
 
     build_submission(zip_path=job.output[0], score_paths=list(job.input.scores), dev_tables=list(job.input.dev_tables),
                      checkpoint_path=job.input.checkpoint, machine_types=list(job.params.machine_types),
-                     submission=dict(job.params.submission), backbone_settings=dict(job.config["backbone"]))
+                     submission=dict(job.params.submission), backbone_settings=dict(job.config["backbone"]),
+                     ensembles=dict(job.params.ensembles), scoring=dict(job.params.scoring),
+                     decision=dict(job.params.decision))
 
 
 def plots_scores(job) -> None:
@@ -115,8 +118,8 @@ def plots_models(job) -> None:
 
     plot_training(train_log_path=job.input.train_log, out_path=job.output.training, fold=job.wildcards.fold)
     for embeddings, bank in zip(job.input.embeddings, job.input.banks):
-        # results/embeddings/<fold>/<machine>/epoch_<N>.h5 -> <out dir>/<machine>_epoch_<N>.png
-        machine, epoch = embeddings.split("/")[-2], embeddings.split("/")[-1].removesuffix(".h5")
+        # results/embeddings/<fold>/<machine>/<system>.h5 -> <out dir>/<machine>_<system>.png
+        machine, system = embeddings.split("/")[-2], embeddings.split("/")[-1].removesuffix(".h5")
         plot_embeddings(embeddings_path=embeddings, bank_path=bank,
-                        out_path=f"{job.output.embeddings}/{machine}_{epoch}.png", fold=job.wildcards.fold,
+                        out_path=f"{job.output.embeddings}/{machine}_{system}.png", fold=job.wildcards.fold,
                         machine=machine)

@@ -85,19 +85,20 @@ def score_epoch(*, embeddings_path: str, bank_path: str, out_path: str, machine:
              int(table.loc[table.role == "test", "decision"].sum()))
 
 
-def score_machine(*, embedding_paths: list[str], epochs: list[int], bank_paths: list[str], score_paths: list[str],
+def score_machine(*, systems: list[str], embedding_paths: list[str], bank_paths: list[str], score_paths: list[str],
                   ensembles: dict[str, list[int]], ensemble_paths: list[str], machine: str, kind_override: str | None,
                   use_supplemental: bool, scoring: dict, decision: dict) -> None:
-    """All scoring of one machine type in one job: per epoch its bank and KNN scores, then every ensemble."""
+    """All scoring of one machine type in one job: per system (the frozen baseline, each epoch) its bank and KNN
+    scores, then every ensemble of epochs."""
     started = time.perf_counter()
     for embeddings_path, bank_path, score_path in zip(embedding_paths, bank_paths, score_paths, strict=True):
         write_bank(embeddings_path=embeddings_path, out_path=bank_path, machine=machine, kind_override=kind_override,
                    use_supplemental=use_supplemental)
         score_epoch(embeddings_path=embeddings_path, bank_path=bank_path, out_path=score_path, machine=machine,
                     scoring=scoring, decision=decision)
-    by_epoch = dict(zip(epochs, score_paths, strict=True))
+    by_system = dict(zip(systems, score_paths, strict=True))
     for (name, fused), out_path in zip(ensembles.items(), ensemble_paths, strict=True):
-        fuse_epochs(score_paths=[by_epoch[e] for e in fused], epochs=list(fused), out_path=out_path, machine=machine,
-                    decision=decision)
-    log.info("%s: %d epochs and %d ensembles scored in %.2f s", machine, len(epochs), len(ensembles),
+        fuse_epochs(score_paths=[by_system[f"epoch_{e}"] for e in fused], epochs=list(fused), out_path=out_path,
+                    machine=machine, decision=decision)
+    log.info("%s: %d systems and %d ensembles scored in %.2f s", machine, len(systems), len(ensembles),
              time.perf_counter() - started)

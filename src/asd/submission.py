@@ -7,6 +7,9 @@ so every test clip must appear exactly once under its distributed name.
 
 Archive layout: ``<label>/<result files>`` and ``<label>/<label>.meta.yaml`` per system (at most
 four), plus optionally the technical report PDF at the top level.
+
+The default authors, source URL and label are placeholders (CHANGE_ME, Lastname_Inst): an archive
+may be built with them, but ``check_submission`` reports each one until the config names the team.
 """
 
 from __future__ import annotations
@@ -56,6 +59,25 @@ _FILE_PREFIX = {"score": "anomaly_score", "decision": "decision_result"}
 _KIND_WORDS = {"score": "anomaly score", "decision": "decision"}
 _EXAMPLES = 3
 _PROBLEMS_IN_ERROR = 12
+
+# Placeholders: the defaults name nobody. The archive builder may write them (so a demo runs end to
+# end), but check_submission refuses every one left in a meta.yaml until the config is edited.
+PLACEHOLDER = "CHANGE_ME"
+PLACEHOLDER_TEAM = "Lastname_Inst"  # team prefix of the default system label Lastname_Inst_task2_1
+PLACEHOLDER_AUTHORS = (
+    {"lastname": PLACEHOLDER, "firstname": PLACEHOLDER, "email": "change.me@example.org", "corresponding": True,
+     "affiliation": {"institution": PLACEHOLDER}},
+)
+PLACEHOLDER_SOURCE_CODE = "https://example.org/CHANGE_ME"
+_PLACEHOLDER_TEXT = re.compile(r"(?<![^\W_])change[-_. ]?me(?![^\W_])", re.IGNORECASE)
+# meta.yaml field -> the config key that fills it (the fix a placeholder message names)
+_CONFIG_KEYS = {
+    ("submission", "authors"): "`submission.authors`",
+    ("submission", "label"): "`submission.systems[].label` (and `submission.archive`)",
+    ("submission", "name"): "`submission.name`",
+    ("submission", "abbreviation"): "`submission.abbreviation`",
+    ("source_code",): "`submission.source_code`",
+}
 
 
 class PackagedSystem(NamedTuple):
@@ -275,6 +297,48 @@ def meta_problems(meta: Any, *, label: str) -> list[str]:
     return problems
 
 
+def is_placeholder(value: Any) -> bool:
+    """Whether a meta value is a placeholder: text holding CHANGE_ME (change.me, change-me, ...)."""
+    return isinstance(value, str) and _PLACEHOLDER_TEXT.search(value) is not None
+
+
+def placeholder_problems(meta: Any, *, config: str = "the config (config.yaml)") -> list[str]:
+    """One problem per placeholder left in a parsed meta YAML, naming the field and the config key to edit.
+
+    Placeholders are CHANGE_ME texts anywhere in the meta data and the default team prefix
+    ``Lastname_Inst`` of a system label.
+    """
+    if not isinstance(meta, dict):
+        return []
+    problems = []
+
+    def fix(path: tuple) -> str:
+        keys = [key for key in path if isinstance(key, str)]
+        for length in range(len(keys), 0, -1):
+            if tuple(keys[:length]) in _CONFIG_KEYS:
+                return f"edit {_CONFIG_KEYS[tuple(keys[:length])]} in {config} and rebuild the archive"
+        return f"edit the `submission` section of {config} and rebuild the archive"
+
+    def walk(node: Any, path: tuple) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, (*path, key))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, (*path, index))
+        elif is_placeholder(node):
+            field = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in path).lstrip(".")
+            problems.append(f"{field} is the placeholder {node!r}; {fix(path)}")
+
+    walk(meta, ())
+    submission = meta.get("submission") if isinstance(meta.get("submission"), dict) else {}
+    label = submission.get("label")
+    if isinstance(label, str) and label.startswith(PLACEHOLDER_TEAM + "_") and not is_placeholder(label):
+        problems.append(f"submission.label {label!r} has the placeholder team prefix {PLACEHOLDER_TEAM}; "
+                        f"{fix(('submission', 'label'))} (<Lastname>_<Institute>_task2_N)")
+    return problems
+
+
 # --- archive ------------------------------------------------------------------------------------
 
 
@@ -285,8 +349,13 @@ def build_archive(
     machines: Sequence[str] | None = None,
     test_files: Mapping[str, Sequence[str]] | None = None,
     technical_report: str | os.PathLike | None = None,
+    allow_placeholders: bool = False,
 ) -> Path:
-    """Write the submission zip atomically; refuses (AsdError, no file) when check_submission finds problems."""
+    """Write the submission zip atomically; refuses (AsdError, no file) when check_submission finds problems.
+
+    With ``allow_placeholders`` an archive whose meta data still holds placeholders (CHANGE_ME authors,
+    the Lastname_Inst label) is written anyway; check_submission refuses it until they are edited.
+    """
     systems = [PackagedSystem(label, Path(system_dir), text) for label, system_dir, text in systems]
     labels = [system.label for system in systems]
     if not 1 <= len(systems) <= MAX_SYSTEMS or len(set(labels)) != len(labels):
@@ -305,7 +374,8 @@ def build_archive(
                 archive.writestr(f"{system.label}/{system.label}.meta.yaml", system.meta_yaml)
             if technical_report is not None:
                 archive.write(technical_report, Path(technical_report).name)
-        problems = check_submission(tmp, machines=machines, test_files=test_files)
+        problems = check_submission(tmp, machines=machines, test_files=test_files,
+                                    allow_placeholders=allow_placeholders)
         if problems:
             raise AsdError(f"{zip_path} was not written: {_joined(problems)}.")
     return zip_path
@@ -316,11 +386,14 @@ def check_submission(
     *,
     machines: Sequence[str] | None = None,
     test_files: Mapping[str, Sequence[str]] | None = None,
+    allow_placeholders: bool = False,
 ) -> list[str]:
     """Every problem of a submission zip (empty list = valid).
 
     Expected machine types: ``machines``, else the keys of ``test_files``, else every machine type
     any system has a result file for. With ``test_files`` every clip must appear exactly once.
+    Every placeholder left in a meta.yaml (``placeholder_problems``) is a problem unless
+    ``allow_placeholders``.
     """
     try:
         archive = zipfile.ZipFile(zip_path)
@@ -352,7 +425,8 @@ def check_submission(
         for label, files in sorted(systems.items()):
             problems += _label_problems(label)
             problems += [f"{label}/{problem}" for problem in
-                         _system_problems(archive, label=label, files=files, machines=machines, test_files=test_files)]
+                         _system_problems(archive, label=label, files=files, machines=machines, test_files=test_files,
+                                          allow_placeholders=allow_placeholders)]
     return problems
 
 
@@ -361,9 +435,11 @@ def validate_or_raise(
     *,
     machines: Sequence[str] | None = None,
     test_files: Mapping[str, Sequence[str]] | None = None,
+    allow_placeholders: bool = False,
 ) -> None:
     """check_submission, raising AsdError with the whole list of problems."""
-    problems = check_submission(zip_path, machines=machines, test_files=test_files)
+    problems = check_submission(zip_path, machines=machines, test_files=test_files,
+                                allow_placeholders=allow_placeholders)
     if problems:
         listing = "\n".join(f"  - {problem}" for problem in problems)
         raise AsdError(f"{zip_path} is not a valid submission ({len(problems)} problem(s)):\n{listing}\n"
@@ -377,6 +453,7 @@ def _system_problems(
     files: Mapping[str, zipfile.ZipInfo],
     machines: Sequence[str],
     test_files: Mapping[str, Sequence[str]] | None,
+    allow_placeholders: bool,
 ) -> list[str]:
     problems = []
     meta_name = f"{label}.meta.yaml"
@@ -389,6 +466,8 @@ def _system_problems(
             problems.append(f"{meta_name} is not valid YAML ({str(error).splitlines()[0]})")
         else:
             problems += [f"{meta_name}: {problem}" for problem in meta_problems(meta, label=label)]
+            if not allow_placeholders:
+                problems += [f"{meta_name}: {problem}" for problem in placeholder_problems(meta)]
     expected_names = {meta_name}
     for machine in machines:
         clip_names = {}

@@ -16,6 +16,7 @@ DATASETS = list(config["datasets"])
 ENSEMBLES = list(config["ensembles"])
 TRAINED_EPOCHS = list(range(1, config["train"]["epochs"] + 1))
 SCORED_EPOCHS = cfg.scored_epochs(config)
+SCORED_SYSTEMS = [cfg.FROZEN] + [f"epoch_{e}" for e in SCORED_EPOCHS]  # those with embeddings, banks and KNN scores
 SYSTEMS = cfg.systems(config)
 # The weights' content identifies the backbone (moving the file reruns nothing; new weights retrain).
 try:
@@ -79,10 +80,6 @@ def machine_features(wildcards):
 
 def fold_checkpoints(wildcards):
     return [f"results/models/{wildcards.fold}/epoch_{e}.pt" for e in TRAINED_EPOCHS]
-
-
-def machine_scored_embeddings(wildcards):
-    return [f"results/embeddings/{wildcards.fold}/{wildcards.machine}/epoch_{e}.h5" for e in SCORED_EPOCHS]
 
 
 def fold_scores(wildcards):

@@ -5,8 +5,11 @@
 # Folds the workflow builds anyway: the evaluated ones (all figures) and the submission fold.
 SUBMISSION_FOLDS = [config["submission"]["fold"]] if config["submission"]["fold"] in FOLDS else []
 PLOTTED_FOLDS = evaluated_folds() + [f for f in SUBMISSION_FOLDS if f not in evaluated_folds()]
-# The last epoch of each ensemble (else the last scored epoch): few projections, all of scored systems.
-EMBEDDING_PLOT_EPOCHS = sorted({max(epochs) for epochs in config["ensembles"].values()} or {SCORED_EPOCHS[-1]})
+# The frozen backbone and the last epoch of each ensemble (else the last scored epoch): few projections,
+# all of scored systems, showing what fine-tuning did to the embedding space.
+EMBEDDING_PLOT_SYSTEMS = [cfg.FROZEN] + [
+    f"epoch_{e}" for e in sorted({max(epochs) for epochs in config["ensembles"].values()} or {SCORED_EPOCHS[-1]})
+]
 # How captions name the configured backbone; the figure titles name the one the run recorded.
 BACKBONE_CAPTION = (
     "random-init backbone (no pre-trained weights)"
@@ -56,16 +59,16 @@ rule plots_scores:
 rule plots_models:
     input:
         train_log="results/models/{fold}/train_log.csv",
-        embeddings=lambda w: [f"results/embeddings/{w.fold}/{m}/epoch_{e}.h5"
-                              for m in cfg.fold_machine_types(config, w.fold) for e in EMBEDDING_PLOT_EPOCHS],
-        banks=lambda w: [f"results/banks/{w.fold}/{m}/epoch_{e}.json"
-                         for m in cfg.fold_machine_types(config, w.fold) for e in EMBEDDING_PLOT_EPOCHS],
+        embeddings=lambda w: [f"results/embeddings/{w.fold}/{m}/{s}.h5"
+                              for m in cfg.fold_machine_types(config, w.fold) for s in EMBEDDING_PLOT_SYSTEMS],
+        banks=lambda w: [f"results/banks/{w.fold}/{m}/{s}.json"
+                         for m in cfg.fold_machine_types(config, w.fold) for s in EMBEDDING_PLOT_SYSTEMS],
     output:
         training=report("results/plots/{fold}/training.png", caption="../report/training.rst",
                         category="Training curves", labels={"fold": "{fold}"}),
-        embeddings=report(directory("results/plots/{fold}/embeddings"), patterns=["{machine}_epoch_{epoch}.png"],
+        embeddings=report(directory("results/plots/{fold}/embeddings"), patterns=["{machine}_{system}.png"],
                           caption="../report/embeddings.rst", category="Embeddings (PCA)", subcategory="{fold}",
-                          labels={"machine": "{machine}", "epoch": "{epoch}"}),
+                          labels={"machine": "{machine}", "system": "{system}"}),
     params:
         backbone=BACKBONE_CAPTION,
         code=STAGE_VERSIONS["plots"],

@@ -41,6 +41,9 @@ rule submission:
         submission=config["submission"],
         backbone=BACKBONE,
         machine_types=cfg.fold_machine_types(config, config["submission"]["fold"]),
+        ensembles=config["ensembles"],
+        scoring=config["scoring"],
+        decision=config["decision"],
         code=STAGE_VERSIONS["submission"],
     log:
         "results/logs/submission/{archive}.log",

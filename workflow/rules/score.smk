@@ -1,6 +1,7 @@
-# Scoring: embeddings of every epoch (one GPU job per fold x machine type: the backbone and the
-# features are loaded once), then one light job per fold x machine type for its memory banks, the
-# KNN scores of every scored epoch and the multi-epoch ensembles. Every per-epoch file stays a target.
+# Scoring: embeddings of the frozen backbone and of every epoch (one GPU job per fold x machine type:
+# the backbone and the features are loaded once), then one light job per fold x machine type for its
+# memory banks, the KNN scores of the frozen system and every scored epoch, and the multi-epoch
+# ensembles. Every per-system file stays a target.
 
 
 rule embed:
@@ -8,7 +9,8 @@ rule embed:
         checkpoints=fold_checkpoints,
         features=machine_features,
     output:
-        expand("results/embeddings/{{fold}}/{{machine}}/epoch_{epoch}.h5", epoch=TRAINED_EPOCHS),
+        frozen="results/embeddings/{fold}/{machine}/frozen.h5",
+        epochs=expand("results/embeddings/{{fold}}/{{machine}}/epoch_{epoch}.h5", epoch=TRAINED_EPOCHS),
     params:
         backbone=BACKBONE,
         precision=config["train"]["precision"],
@@ -30,13 +32,13 @@ rule embed:
 
 rule score:
     input:
-        machine_scored_embeddings,
+        expand("results/embeddings/{{fold}}/{{machine}}/{system}.h5", system=SCORED_SYSTEMS),
     output:
-        banks=expand("results/banks/{{fold}}/{{machine}}/epoch_{epoch}.json", epoch=SCORED_EPOCHS),
-        epochs=expand("results/scores/{{fold}}/{{machine}}/epoch_{epoch}.csv", epoch=SCORED_EPOCHS),
+        banks=expand("results/banks/{{fold}}/{{machine}}/{system}.json", system=SCORED_SYSTEMS),
+        scores=expand("results/scores/{{fold}}/{{machine}}/{system}.csv", system=SCORED_SYSTEMS),
         ensembles=expand("results/scores/{{fold}}/{{machine}}/{ensemble}.csv", ensemble=ENSEMBLES),
     params:
-        epochs=SCORED_EPOCHS,
+        systems=SCORED_SYSTEMS,
         ensembles=config["ensembles"],
         use_supplemental=config["scoring"]["use_supplemental"],
         kind_override=lambda w: config["supplemental_kinds"].get(w.machine),

@@ -158,3 +158,70 @@ def test_classify_supplemental_energy_rule(centres):
 def test_classify_supplemental_needs_two_training_clips(centres):
     with pytest.raises(AsdError, match="supplemental_kinds"):
         classify_supplemental(np.ones((1, DIM), np.float32), np.ones((3, DIM), np.float32))
+
+
+def mel_spectra(rng, count, *, machine, background, gain_db=(-30, -20)):
+    """``count`` mean log-mel spectra [count, 128] in fbank units: log(machine + background power), gain-invariant."""
+    from asd.bank import _flat_reference
+    from asd.beats import FBANK_STD
+
+    reference, _ = _flat_reference()  # the front end's ripple, shared by every clip
+    power = (machine[None] * rng.lognormal(0, 0.1, (count, 1)) + background[None] * rng.lognormal(0, 0.1, (count, 1)))
+    power = power * rng.lognormal(0, 0.05, power.shape) * 10 ** (rng.uniform(*gain_db, (count, 1)) / 10)
+    spectra = np.log(power) / (2 * FBANK_STD) + reference
+    return spectra - spectra.mean(1, keepdims=True)
+
+
+@pytest.fixture
+def mel_sources():
+    """Linear mel power of a machine (harmonic lines every 6 bins over a weak floor) and of a 1/f background."""
+    bins = np.arange(128)
+    machine = 1e-3 + np.exp(-0.5 * ((bins[:, None] - np.arange(10, 90, 6)[None]) / 0.8) ** 2).sum(1) * np.exp(-bins / 60)
+    return machine, 0.05 / (1 + bins / 10)
+
+
+def test_peak_test_keeps_clean_machine_spectra_and_excludes_noise_only(mel_sources, caplog):
+    machine, background = mel_sources
+    rng = np.random.default_rng(4)
+    train = mel_spectra(rng, 60, machine=machine, background=background)
+    clean = mel_spectra(rng, 20, machine=machine, background=0 * background, gain_db=(-45, -35))
+    noise = mel_spectra(rng, 20, machine=0 * machine, background=background)
+    mixed = mel_spectra(rng, 20, machine=machine, background=background)
+
+    kind, flags, stats = classify_supplemental(train, clean, spectra=True)
+    assert kind == "machine" and not flags.any()
+    assert stats["n_far"] == 20 and min(stats["peak_shares"]) > 1  # far, but more peaked than the training clips
+    assert classify_supplemental(train, clean)[0] == "noise"  # the distance test alone would drop it
+    kind, flags, stats = classify_supplemental(train, noise, spectra=True)
+    assert kind == "noise" and flags.all() and max(stats["peak_shares"]) < 0.2
+    kind, flags, stats = classify_supplemental(train, mixed, spectra=True)
+    assert kind == "machine" and stats["median_distance"] < stats["distance_threshold"]
+    assert 0.8 < stats["median_peak_share"] < 1.2 and 0.8 < stats["train_loo_median_peak_share"] < 1.2
+    assert stats["summary"].startswith("set judged machine: 0/20 clips flagged noise-only")
+
+    # Through build_bank, with the spectra as test features: the decision is logged and recorded.
+    rows = [("train", "source", f"t{i}.wav", "") for i in range(60)] + [
+        ("supplemental", "source", f"n{i}.wav", "unknown") for i in range(20)]
+    manifest = pd.DataFrame(rows, columns=["split", "domain", "file", "supplemental_kind"])
+    with caplog.at_level("WARNING", logger="asd.bank"):
+        bank = build_bank(manifest, np.zeros((80, 4), np.float32), name="fan",
+                          test_features=np.concatenate([train, noise]))
+    test = bank.composition["supplemental"]["automatic_test"]
+    assert bank.composition["counts"]["supplemental_excluded"] == 20 and test["peak_test"] == "run"
+    assert "peak share" in bank.composition["excluded"][0]["reason"]
+    [message] = [r.getMessage() for r in caplog.records]
+    assert message.startswith("fan: 20 supplemental clip(s) of unknown kind went to the automatic test: set judged "
+                              "noise: 20/20 clips flagged noise-only (majority needed: more than 50%); 20 far")
+    assert "supplemental_kinds.fan" in message
+
+
+def test_peak_test_needs_mel_spectra(centres, caplog):
+    manifest, embeddings = make_manifest("unknown", False, centres)
+    with caplog.at_level("WARNING", logger="asd.bank"):
+        bank = build_bank(manifest, embeddings, name="fan", test_features=embeddings)  # 16 values per clip
+    test = bank.composition["supplemental"]["automatic_test"]
+    assert test["peak_test"].startswith("not run: the compared vectors (16 values per clip) are not 128-bin")
+    assert "peak_shares" not in test and test["kind"] == "noise"
+    assert "peak test not run" in caplog.records[0].getMessage()
+    with pytest.raises(ValueError, match=r"needs \[N, 128\] log-mel spectra"):
+        classify_supplemental(embeddings[:30], embeddings[33:39], spectra=True)

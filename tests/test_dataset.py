@@ -97,6 +97,12 @@ def test_every_real_2025_name_parses():
         ("section_00_noise_0003.wav", "noise", "unknown", "unknown", ""),
         ("section_00_noise-only_target_0003_spd_6.wav", "noise", "target", "unknown", "spd_6"),
         ("section_00_0007.wav", "unknown", "unknown", "unknown", ""),
+        # Clean machine recordings (made without the factory background) are machine sound.
+        ("section_00_clean_0000.wav", "machine", "source", "normal", ""),
+        ("section_00_clean_source_0002_noAttribute.wav", "machine", "source", "normal", "noAttribute"),
+        ("section_00_Clean-Machine_0004_.wav", "machine", "source", "normal", ""),
+        ("section_00_clean_noise_0001.wav", "noise", "unknown", "unknown", ""),  # noise wins: a clean noise recording
+        ("section_00_recording_0003.wav", "unknown", "unknown", "unknown", ""),  # other words: the automatic test
         # ToyCar-like attributes contain `noise_1`: only the kind slot decides.
         ("section_00_0007_car_A2_noise_1.wav", "unknown", "unknown", "unknown", "car_A2_noise_1"),
     ],
@@ -245,6 +251,20 @@ def test_supplemental_kinds_override_names(tmp_path):
         supplemental(supplemental_kinds={"fan": "clean"})
     non_supplemental = build_manifest(root, dataset="d").query("split != 'supplemental'")
     assert set(non_supplemental["supplemental_kind"]) == {""}
+
+
+def test_manifest_supplemental_kinds_are_machine_noise_or_unknown(tmp_path):
+    names = ["section_00_clean_0000.wav", "section_00_machine_0001_.wav", "section_00_noise_0002.wav",
+             "section_00_0003.wav"]
+    root = make_root(tmp_path / "raw", train=["section_00_source_train_normal_0000_a_1.wav"],
+                     test=["section_00_0000.wav"], supplemental=names)
+    supplemental = build_manifest(root, dataset="d").query("split == 'supplemental'").set_index("file")
+    assert supplemental.loc[names, "supplemental_kind"].tolist() == ["machine", "machine", "noise", "unknown"]
+    assert supplemental.loc[names, "label"].tolist() == ["normal", "normal", "unknown", "unknown"]
+    path = tmp_path / "manifest.csv"
+    write_manifest(build_manifest(root, dataset="d"), path)
+    assert set(read_manifest(path).query("split == 'supplemental'")["supplemental_kind"]) == {"machine", "noise",
+                                                                                             "unknown"}
 
 
 def test_manifest_round_trip_keeps_strings(tmp_path):

@@ -42,3 +42,8 @@ def test_every_demo_supplemental_clip_is_classified_right(demo_features):
         kept = bank.composition["counts"]["supplemental_machine"]
         assert kept == (n_supp if truth[machine] == "machine" else 0), (machine, bank.composition["supplemental"])
         assert all("automatic test" in e["reason"] for e in bank.composition["excluded"])
+        # Both signs agree on the demo: noise-only sets lack the machine's spectral peaks, machine sets carry them.
+        test = bank.composition["supplemental"]["automatic_test"]
+        assert test["peak_test"] == "run"
+        shares = np.array(test["peak_shares"])
+        assert (shares < 0.25).all() if truth[machine] == "noise" else (shares > 0.75).all(), (machine, shares)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
@@ -155,6 +156,19 @@ def fbank(waveforms: Tensor, sample_rate: int = SAMPLE_RATE) -> Tensor:
             for clip in scaled
         ]
         return (torch.stack(banks) - FBANK_MEAN) / (2 * FBANK_STD)  # [B, F, 128]
+
+
+def flat_spectrum_reference(min_filter_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """What a sound without spectral fine structure reads through ``fbank`` as a mean log-mel spectrum
+    minus its mean [128] (60 s of seeded white noise: the filterbank's ripple, where the lowest mel
+    filters each cover one FFT bin, and the bias of the log of noisy energies), and the bins whose
+    mel filters hold at least ``min_filter_weight`` (the nearly empty ones carry no information)."""
+    noise = np.random.default_rng(0).standard_normal((6, 10 * SAMPLE_RATE)) * 0.1  # [6 clips, 10 s]
+    log_mel = fbank(torch.from_numpy(noise).float()).double().numpy().mean(1)  # [6, 128]
+    reference = (log_mel - log_mel.mean(1, keepdims=True)).mean(0)  # [128]
+    # the mel banks kaldi.fbank uses with the settings above (512-point FFT of 25 ms frames)
+    banks, _ = kaldi.get_mel_banks(NUM_MEL_BINS, 512, float(SAMPLE_RATE), 20.0, 0.0, 100.0, -500.0, 1.0)
+    return reference, np.flatnonzero(banks.sum(1).numpy() >= min_filter_weight)
 
 
 def _group_padding_mask(padding_mask: Tensor, length: int) -> Tensor:

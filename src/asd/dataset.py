@@ -4,6 +4,18 @@ Layout (the official one after unzipping):
 ``<root>/<machine>/{train,test,supplemental}/*.wav`` and ``<root>/<machine>/attributes_00.csv``.
 Every problem a user can fix (a missing folder, a foreign file, a clip at the wrong sample
 rate) stops the scan with an AsdError naming the file, so later stages can trust the manifest.
+
+Supplemental clips (extra normal data per machine type) are either machine sound or noise-only
+recordings (machine off); their names vary between releases, so only the kind slot of
+``section_SS_<kind>_NNNN<rest>.wav`` is read, as words split at ``_`` and ``-``:
+
+* ``noise`` (e.g. ``noise``, ``noise-only``): noise-only -> ``supplemental_kind`` ``noise``;
+* else ``machine`` or ``clean`` (a clean machine recording, made without the factory background
+  the training clips carry): machine sound -> ``supplemental_kind`` ``machine``, a source-domain
+  normal. Both kinds of machine sound join the source bank alike, so the manifest does not
+  distinguish them;
+* anything else (e.g. neutral ``section_00_0007.wav``): ``unknown``, left to the bank's
+  automatic test (asd.bank).
 """
 
 from __future__ import annotations
@@ -38,12 +50,15 @@ SPLITS = ("train", "test", "supplemental")
 
 _UNLABELLED_TEST_NAME = re.compile(r"section_(?P<section>\d+)_(?P<index>\d+)\.wav")
 # Supplemental names differ between releases (section_00_machine_0001_.wav,
-# section_00_machine_source_0000_noAttribute.wav, ...), hence a tolerant pattern.
+# section_00_machine_source_0000_noAttribute.wav, section_00_clean_0000.wav, ...), hence a tolerant pattern.
 _SUPPLEMENTAL_NAME = re.compile(r"section_(?P<section>\d+)_(?P<kind>\D*?)_?(?P<index>\d+)(?P<rest>.*)\.wav")
+MACHINE_KIND_WORDS = ("machine", "clean")  # kind-slot words naming machine sound (clean = without background)
+NOISE_KIND_WORDS = ("noise",)  # kind-slot words naming noise-only recordings; they win over machine words
 _EXPECTED_NAMES = {
     "train": "section_SS_{source|target}_train_normal_NNNN_<attributes>.wav",
     "test": "section_SS_{source|target}_test_{normal|anomaly}_NNNN_<attributes>.wav or section_SS_NNNN.wav",
-    "supplemental": "section_SS_<kind>_NNNN<rest>.wav (e.g. section_00_machine_0001_.wav)",
+    "supplemental": "section_SS_<kind>_NNNN<rest>.wav (e.g. section_00_machine_0001_.wav, section_00_noise_0000.wav, "
+                    "section_00_clean_0000.wav)",
 }
 
 
@@ -51,8 +66,9 @@ def parse_clip_name(name: str, *, split: str, supplemental_kind: str = "auto") -
     """What a clip's file name says: section, domain, label, index, attributes, supplemental_kind.
 
     Unknown fields are 'unknown' (domain, label) or '' (attributes); supplemental_kind is ''
-    outside supplemental/, and ``supplemental_kind`` 'machine' | 'noise' overrides what a
-    supplemental name says. ``name`` may be a path; only its base name is parsed.
+    outside supplemental/, else machine | noise | unknown as the name's kind slot says (module
+    docstring; ``clean`` counts as machine), and ``supplemental_kind`` 'machine' | 'noise'
+    overrides what a supplemental name says. ``name`` may be a path; only its base name is parsed.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -93,7 +109,11 @@ def _parse_supplemental_name(name: str, basename: str, *, kind: str) -> dict:
         raise _unrecognised_name(name, "supplemental")
     # Only the kind slot is trusted: attribute strings may contain words like `noise_1` (ToyCar).
     kind_words = set(re.split(r"[_\-]", match["kind"].lower()))
-    named_kind = "noise" if "noise" in kind_words else "machine" if "machine" in kind_words else "unknown"
+    named_kind = (
+        "noise" if kind_words & set(NOISE_KIND_WORDS)
+        else "machine" if kind_words & set(MACHINE_KIND_WORDS)
+        else "unknown"
+    )
     named_domain = next((domain for domain in ("source", "target") if domain in kind_words), "")
     return {
         "section": match["section"],

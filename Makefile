@@ -51,3 +51,11 @@ gpu-check: $(STAMP)
 
 clean-results:
 	rm -rf results .snakemake
+
+## rebuild the shipped demo backbone models/demo_backbone.pt (+ .sha256, .json report): the BEATs
+## architecture at DEMO size pre-trained on synthetic machine sounds — not BEATs. Same bytes on the
+## same torch build and kind of CPU (1 torch thread; CORES corpus processes); minutes on a 2-core machine.
+.PHONY: pretrain
+pretrain: $(STAMP)
+	$(BIN)/asd pretrain --out models/demo_backbone.pt --seed 0 --threads 1 --workers $(CORES)
+	cd models && sha256sum -c demo_backbone.pt.sha256

@@ -31,6 +31,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/pretrain.smk"  # on request only: snakemake --cores 2 pretrain_demo_backbone
 
 
 rule all:

@@ -5,6 +5,7 @@
     asd download {dev,eval} ROOT [--machine M]  fetch and unpack the official zips
     asd evaluate SCORES_DIR --ground-truth GT   official metrics of a folder of result files
     asd check-submission ZIP                    validate a submission archive
+    asd pretrain --out models/demo_backbone.pt  pre-train the demo backbone on synthetic machine sounds
 """
 
 from __future__ import annotations
@@ -65,6 +66,20 @@ def _check_submission(args) -> int:
     return 0
 
 
+def _pretrain(args) -> None:
+    from asd.logs import run_logged
+
+    def job() -> None:
+        from asd.pretrain import run, settings_from, summary
+
+        values = {"seed": args.seed, "threads": args.threads}
+        if args.steps is not None:
+            values["steps"] = args.steps
+        print(summary(run(args.out, settings_from(values), workers=args.workers)))
+
+    run_logged(args.log, job)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("zip")
     check.add_argument("--machine", action="append", help="machine type that must be present (repeatable)")
     check.set_defaults(run=_check_submission)
+
+    pretrain = commands.add_parser(
+        "pretrain", help="pre-train the demo backbone (BEATs architecture, DEMO size) on synthetic machine sounds")
+    pretrain.add_argument("--out", default="models/demo_backbone.pt",
+                          help="checkpoint to write (also OUT.sha256 and the report OUT.json)")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--steps", type=int, help="optimiser steps (default: the shipped checkpoint's)")
+    pretrain.add_argument("--threads", type=int, default=1,
+                          help="torch intra-op threads; the checkpoint's bytes depend on it (shipped: 1)")
+    pretrain.add_argument("--workers", type=int, default=2,
+                          help="processes generating the corpus (does not change the checkpoint)")
+    pretrain.add_argument("--log", help="send the progress log here instead of stderr")
+    pretrain.set_defaults(run=_pretrain)
     return parser
 
 

@@ -94,6 +94,7 @@ def extract_epoch_embeddings(*, checkpoint_paths: list[str], features_path: str,
     fbank = torch.from_numpy(features.fbank)
     spectrum = mean_spectrum(features.fbank, frame_mask.numpy())
     run = dict(dev=dev, precision=precision, batch_size=batch_size)
+    read_epoch_checkpoint(checkpoint_paths[0])  # a damaged or foreign checkpoint is reported before anything runs
     if frozen_path is not None:
         backbone, identity = build_backbone(backbone_settings)
         backbone = backbone.to(dev).eval()

@@ -16,7 +16,8 @@ DATASETS = list(config["datasets"])
 ENSEMBLES = list(config["ensembles"])
 TRAINED_EPOCHS = list(range(1, config["train"]["epochs"] + 1))
 SCORED_EPOCHS = cfg.scored_epochs(config)
-SCORED_SYSTEMS = [cfg.FROZEN] + [f"epoch_{e}" for e in SCORED_EPOCHS]  # those with embeddings, banks and KNN scores
+# Those with embeddings, banks and KNN scores (the frozen baseline last: an epoch's problem is reported first).
+SCORED_SYSTEMS = [f"epoch_{e}" for e in SCORED_EPOCHS] + [cfg.FROZEN]
 SYSTEMS = cfg.systems(config)
 # The weights' content identifies the backbone (moving the file reruns nothing; new weights retrain).
 try:

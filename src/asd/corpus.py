@@ -136,7 +136,6 @@ def synthesise(machine: MachineType, condition: int, *, seed: int = 0, split: st
     rng = np.random.default_rng([CORPUS_TAG, seed, 1, machine.index, condition, SPLITS[split], index])
     setting = machine.conditions[condition]
     samples = int(round(seconds * SAMPLE_RATE))
-    time = np.arange(samples) / SAMPLE_RATE
     fundamental = machine.base_hz * setting.speed * (1.0 + rng.uniform(-0.01, 0.01))
     frequency = fundamental * (1.0 + 0.003 * _smooth_curve(rng, samples, points=6))  # [samples]
     phase = 2 * np.pi * np.cumsum(frequency) / SAMPLE_RATE  # [samples]

@@ -94,7 +94,7 @@ def extract_epoch_embeddings(*, checkpoint_paths: list[str], features_path: str,
     fbank = torch.from_numpy(features.fbank)
     spectrum = mean_spectrum(features.fbank, frame_mask.numpy())
     run = dict(dev=dev, precision=precision, batch_size=batch_size)
-    read_epoch_checkpoint(checkpoint_paths[0])  # a damaged or foreign checkpoint is reported before anything runs
+    first = read_epoch_checkpoint(checkpoint_paths[0])  # a damaged or foreign one is reported before anything runs
     if frozen_path is not None:
         backbone, identity = build_backbone(backbone_settings)
         backbone = backbone.to(dev).eval()
@@ -105,7 +105,7 @@ def extract_epoch_embeddings(*, checkpoint_paths: list[str], features_path: str,
                           attrs=dict(epoch=0, system="frozen", backbone=backbone_label(identity),
                                      random_init=bool(identity["random_init"]), precision=precision))
         del backbone
-    model, first = load_epoch_checkpoint(checkpoint_paths[0], backbone_settings=backbone_settings, device=dev)
+    model, _ = load_epoch_checkpoint(checkpoint_paths[0], backbone_settings=backbone_settings, device=dev, ckpt=first)
     label = backbone_label(first["backbone"])
     for checkpoint_path, out_path in zip(checkpoint_paths, out_paths):
         ckpt = first if checkpoint_path == checkpoint_paths[0] else read_epoch_checkpoint(checkpoint_path)

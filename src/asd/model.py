@@ -385,15 +385,17 @@ def load_trained_epoch(model: ASDModel, path, ckpt: dict) -> None:
         raise AsdError(f"checkpoint {path} does not fit the model ({err}); {_checkpoint_rule(path)}.") from None
 
 
-def load_epoch_checkpoint(path, *, backbone_settings: dict, device: str | torch.device = "cpu") -> tuple[ASDModel, dict]:
-    """Rebuild the model of an epoch checkpoint on top of the configured backbone (identity checked).
+def load_epoch_checkpoint(path, *, backbone_settings: dict, device: str | torch.device = "cpu",
+                          ckpt: dict | None = None) -> tuple[ASDModel, dict]:
+    """Rebuild the model of an epoch checkpoint on top of the configured backbone (identity checked);
+    ``ckpt``: the checkpoint at ``path`` if the caller has already read it.
 
     The model is an inference model (``merge_lora=True``: no peft, adapters merged into the backbone);
     ``load_trained_epoch`` swaps in another epoch of the same run.
     """
     from asd.errors import AsdError
 
-    ckpt = read_epoch_checkpoint(path)
+    ckpt = read_epoch_checkpoint(path) if ckpt is None else ckpt
     backbone, identity = build_backbone(backbone_settings)
     if identity["sha256"] != ckpt["backbone"]["sha256"] or identity["num_layers"] != ckpt["backbone"]["num_layers"]:
         raise AsdError(f"checkpoint {path} was trained on backbone {backbone_label(ckpt['backbone'])} with "

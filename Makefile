@@ -43,6 +43,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
+## accuracy report: the demo recipe on two synthetic draws, every system beside a log-mel 1-NN, with
+## bootstrap sds and the issue's goal (results/bench/accuracy.{json,md}; about 5 min on 2 cores)
+.PHONY: bench-accuracy
+bench-accuracy: $(STAMP)
+	$(BIN)/python bench/accuracy.py --cores $(CORES)
+
 ## what torch sees: its CUDA build, the driver's GPUs, bf16 support (run it on a GPU node)
 gpu-check: $(STAMP)
 	$(BIN)/python -c "import torch; print('torch', torch.__version__, 'built for CUDA', torch.version.cuda); \

@@ -57,7 +57,7 @@ def write_fold(root: Path, *, machines=("fanA", "pumpB"), clips_per_class: int =
 
 
 def train_settings(**train) -> dict:
-    base = {"epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "weight_decay": 0.01, "warmup_epochs": 0.5,
+    base = {"epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "weight_decay": 0.01, "warmup_epochs": 0.5, "lr_floor": 0.0,
             "time_mask": 20, "freq_mask": 12, "seed": 0, "device": "cpu", "precision": "fp32"}
     base.update(train)
     head = {"lora_rank": 8, "lora_alpha": 8, "lora_dropout": 0.0, "lora_blocks": [0, 1, 2, 3],

@@ -163,7 +163,7 @@ def test_eval_fold_without_ground_truth_is_not_evaluated(tmp_path, eval_layout, 
         output=SimpleNamespace(metrics=[str(out / "epoch_1.json")], tables=[str(out / "epoch_1.csv")],
                                markdown=[str(out / "epoch_1.md")], summary_csv=str(out / "summary.csv"),
                                summary_md=str(out / "summary.md")),
-        params=SimpleNamespace(machines=["ToyPet"], systems=["epoch_1"], ground_truth=None),
+        params=SimpleNamespace(machines=["ToyPet"], systems=["epoch_1"], scorers=["knn"], ground_truth=None),
         wildcards=SimpleNamespace(fold="eval"), log=[str(log)])
     with pytest.raises(SystemExit) as exit_status:
         rules.run(job, rules.evaluate)

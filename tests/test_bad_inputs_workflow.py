@@ -157,10 +157,10 @@ CONFIG_CASES = {
     "submission-fold-unknown": ("submission: {fold: evl}",
                                 f"{SOURCE}: config key 'submission.fold' is 'evl', not a fold; use one of "
                                 "['dev', 'eval']."),
-    "submission-system-unknown-ensemble": (
-        "submission: {systems: [{label: Lab_System_task2_1, ensemble: fused}]}",
-        f"{SOURCE}: submission system 'Lab_System_task2_1' names ensemble 'fused', which is not in 'ensembles' "
-        "(['ensemble'])."),
+    "submission-system-unknown": (
+        "submission: {systems: [{label: Lab_System_task2_1, system: fused}]}",
+        f"{SOURCE}: submission system 'Lab_System_task2_1' names system 'fused', which this config does not score; "
+        "use one of ['frozen', 'epoch_1', 'epoch_2', 'ensemble']."),
     "backbone-checkpoint-missing": ("backbone: {checkpoint: {tmp}/BEATs_iter3.pt}",
                                     "config key 'backbone.checkpoint': {tmp}/BEATs_iter3.pt does not exist; download "
                                     "BEATs_iter3.pt (linked from microsoft/unilm beats/README.md) to that path, or set "
@@ -437,7 +437,8 @@ def checkpoint_rule(path: str) -> str:
                 r"for projection\.\d+\.weight: .*\)" + checkpoint_rule("results/models/eval/epoch_1.pt"), re.DOTALL),
      embeddings("eval", "Polisher")),
     ("backbone-nan", "embed/dev/fan",
-     re.compile(re.escape("checkpoint results/models/dev/epoch_1.pt was trained on backbone random-init backbone")
+     re.compile(re.escape("checkpoint results/models/dev/epoch_1.pt was trained on backbone demo backbone pre-trained "
+                          "on synthetic machine sounds — not BEATs (demo_backbone.pt, sha256 e76adc8a1380)")
                 + r".* with 4 blocks, but the config now gives .* with 3; restore the config or"
                 + checkpoint_rule("results/models/dev/epoch_1.pt")[1:]),
      embeddings("dev", "fan")),

@@ -57,3 +57,13 @@ def test_importing_decision_does_not_import_scipy_stats():
 
     code = "import sys, asd.decision; print('scipy.stats' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_a_degenerate_gamma_fit_falls_back_to_the_empirical_quantile(caplog):
+    # A tight bank's leave-one-out scores: the free-location fit degenerates (shape ~0.38, scale ~1.0, about
+    # 250 times the scores' range) and would put the threshold near 1.09, far above every score.
+    rng = np.random.default_rng(0)
+    scores = 0.0105 + rng.exponential(0.003, size=40) ** rng.uniform(0.5, 2)
+    threshold = gamma_threshold(scores, 0.9, name="fanA epoch 1")
+    assert threshold == pytest.approx(np.quantile(scores, 0.9))
+    assert "fanA epoch 1: the gamma fit" in caplog.text and "empirical quantile" in caplog.text

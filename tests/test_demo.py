@@ -44,11 +44,11 @@ def test_layout_names_and_counts(demo):
         assert counts[machine, "train", "target", "normal"] == 4
         for domain in ("source", "target"):
             for label in ("normal", "anomaly"):
-                assert counts[machine, "test", domain, label] == 6
+                assert counts[machine, "test", domain, label] == 25
         assert (manifest.query("machine == @machine and split == 'supplemental'").shape[0]) == 12
         assert (Path(info["dev_root"] if machine in info["machine_types"]["dev"] else info["eval_root"])
                 / machine / "attributes_00.csv").is_file()
-    assert len(manifest) == 6 * 64
+    assert len(manifest) == 6 * 140
     eval_test = manifest.query("dataset == 'eval' and split == 'test'")
     assert all(re.fullmatch(r"section_00_\d{4}\.wav", name) for name in eval_test["file"])
     dev_test = manifest.query("dataset == 'dev' and split == 'test'")
@@ -60,13 +60,13 @@ def test_layout_names_and_counts(demo):
     assert set(manifest["channels"]) == {1}
     assert {sf.info(path).subtype for path in manifest["path"][::40]} == {"PCM_16"}
     total_bytes = sum(Path(path).stat().st_size for path in manifest["path"])
-    assert total_bytes < 130e6
+    assert total_bytes < 280e6
 
 
 def test_eval_ground_truth_matches_attributes_csv_and_is_shuffled(demo):
     info, manifest = demo
     truth = read_eval_data_list(info["ground_truth"])
-    assert truth.groupby("machine").size().to_dict() == {"BandSealer": 24, "CoffeeGrinder": 24, "Polisher": 24}
+    assert truth.groupby("machine").size().to_dict() == {"BandSealer": 100, "CoffeeGrinder": 100, "Polisher": 100}
     unlabelled = build_manifest(info["eval_root"], dataset="eval")
     assert set(unlabelled.query("split == 'test'")["label"]) == {"unknown"}
     test = unlabelled.query("split == 'test'").merge(truth, on=["machine", "file"])
@@ -160,5 +160,5 @@ def test_refuses_to_replace_foreign_folders(tmp_path):
     with pytest.raises(AsdError, match="dev_data exists and was not written by the demo generator"):
         generate_demo(tmp_path, scale="tiny")
     assert (tmp_path / "dev_data" / "mine.txt").read_text() == "keep"
-    with pytest.raises(AsdError, match="scale 'huge' is unknown; use one of demo, tiny"):
+    with pytest.raises(AsdError, match="scale 'huge' is unknown; use one of demo, accuracy, tiny"):
         generate_demo(tmp_path / "x", scale="huge")

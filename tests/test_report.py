@@ -215,7 +215,7 @@ def test_snakemake_report_holds_every_figure(reference_run, tmp_path):
     assert sorted(str(p.relative_to(reference_run)) for p in results.glob("plots/**/*.png")) == sorted(figures)
     for figure in figures:
         png_size(reference_run / figure)
-        assert "random-init backbone" in png_text(reference_run / figure)["Title"]
+        assert "demo backbone pre-trained on synthetic machine sounds — not BEATs" in png_text(reference_run / figure)["Title"]
     # the ROC areas drawn are the official per-machine metrics of the same scores
     for fold, machines in folds.items():
         for system in systems:
@@ -231,4 +231,4 @@ def test_snakemake_report_holds_every_figure(reference_run, tmp_path):
     assert html.count("data:image/png") == len(figures)  # every figure embedded in the self-contained file
     for path in figures + [f"results/tables/{fold}/{system}.md" for fold in folds for system in systems]:
         assert f'"{path}"' in html
-    assert html.count("Backbone: random-init backbone (no pre-trained weights).") >= len(figures)  # captions
+    assert html.count("Backbone: backbone checkpoint demo_backbone.pt (sha256 e76adc8a1380).") >= len(figures)  # captions

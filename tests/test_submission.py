@@ -16,9 +16,12 @@ from asd.model import ASDModel, HeadConfig, build_backbone, checkpoint_dict
 from asd.package import build_submission, system_description
 from conftest import REPO, SHARED, TINY_BACKBONE
 from asd.metrics import evaluate_dir
+from asd.pretrain import LABEL as DEMO_LABEL
 from asd.submission import (
+    DEMO_BACKBONE_NOTE,
     PLACEHOLDER_AUTHORS,
     PLACEHOLDER_SOURCE_CODE,
+    RANDOM_INIT_NOTE,
     REQUIRED_DESCRIPTION_KEYS,
     PackagedSystem,
     build_archive,
@@ -62,7 +65,7 @@ def make_meta(label, **overrides):
         description=DESCRIPTION, total_parameters=90_311_792, macs="12.1G",
         dev_results={"ToyCar": {"auc_source": 77.1, "auc_target": 56.0, "pauc": 57.7}},
         external_datasets=[{"name": "AudioSet", "url": "https://research.google.com/audioset/"}],
-        source_code="https://example.org/asd", random_init_backbone=False,
+        source_code="https://example.org/asd", backbone_note=None,
     )
     arguments.update(overrides)
     return meta_yaml(**arguments)
@@ -114,9 +117,12 @@ def test_meta_yaml_fields_and_random_init_note():
     assert meta["system"]["complexity"] == {"total_parameters": 90_311_792, "MACS": "12.1G"}
     assert meta["results"]["development_dataset"]["ToyCar"]["pauc"] == 57.7
     assert "random-init" not in meta["submission"]["name"]
-    random_init = yaml.safe_load(make_meta("Smith_Uni_task2_1", random_init_backbone=True))
+    random_init = yaml.safe_load(make_meta("Smith_Uni_task2_1", backbone_note=RANDOM_INIT_NOTE))
     assert random_init["submission"]["name"] == "BEATs LoRA ArcFace KNN (random-init backbone)"
     assert "random-init backbone" in random_init["system"]["description"]["embeddings"]
+    demo = yaml.safe_load(make_meta("Smith_Uni_task2_1", backbone_note=DEMO_BACKBONE_NOTE))
+    assert demo["submission"]["name"] == "BEATs LoRA ArcFace KNN (demo backbone pre-trained on synthetic sounds, not BEATs)"
+    assert "not BEATs" in demo["system"]["description"]["embeddings"]
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -345,14 +351,15 @@ SCORING = {"epochs": "all", "k": 1, "separate_domain_banks": True, "domain_norma
 
 def describe(*, backbone=BEATS, head=None, epochs=(26, 27, 28, 29, 30), scoring=None, quantile=0.9):
     return system_description(checkpoint={"backbone": backbone, "head": {**HEAD, **(head or {})}},
-                              ensemble_epochs=list(epochs), scoring={**SCORING, **(scoring or {})},
+                              epochs=list(epochs), scorer={"method": "knn"}, scoring={**SCORING, **(scoring or {})},
                               decision={"quantile": quantile})
 
 
 def test_description_is_generated_from_checkpoint_and_config():
     paper = describe()
     assert tuple(paper) == REQUIRED_DESCRIPTION_KEYS
-    assert paper["embeddings"].startswith("BEATs BEATs_iter3.pt (sha256 0123456789ab), first 4 transformer blocks")
+    assert paper["embeddings"].startswith("BEATs checkpoint (BEATs_iter3.pt, sha256 0123456789ab), first 4 "
+                                          "transformer blocks")
     assert "LoRA rank 64, alpha 64 on q_proj/v_proj of blocks 0, 1, 2, 3" in paper["embeddings"]
     assert "128-d embedding" in paper["embeddings"]
     assert "epochs 26, 27, 28, 29, 30" in paper["machine_learning_method"]
@@ -380,6 +387,18 @@ def test_description_is_generated_from_checkpoint_and_config():
     assert "one checkpoint (epoch 30)" in describe(epochs=[30])["machine_learning_method"]
 
 
+def test_frozen_and_demo_backbone_descriptions_say_what_they_are():
+    frozen = describe(epochs=[])
+    assert "frozen (no fine-tuning): the last block's tokens mean-pooled, 768-d embedding" in frozen["embeddings"]
+    assert "LoRA" not in frozen["embeddings"] and "ArcFace" not in frozen["machine_learning_method"]
+    assert frozen["machine_learning_method"].endswith("; the pre-trained backbone alone")
+    assert frozen["attribute_usage"] == "none" and frozen["data_augmentation"] == "none"
+    assert frozen["ensemble_method_subsystem_count"] == 1
+    demo = describe(backbone={**BEATS, "checkpoint": "models/demo_backbone.pt", "pretrained_on": DEMO_LABEL})
+    assert demo["embeddings"].startswith(f"{DEMO_LABEL} (demo_backbone.pt, sha256 0123456789ab)")
+    assert "BEATs model" not in demo["external_data_usage"] and demo["external_data_usage"].startswith("none")
+
+
 def test_build_submission_generates_meta_and_warns_of_placeholders(tmp_path, caplog):
     backbone, identity = build_backbone(TINY_BACKBONE)
     head = HeadConfig(lora_rank=4, lora_alpha=8, lora_blocks=[2, 3], embedding_dim=16, arcface_subcenters=2)
@@ -388,7 +407,7 @@ def test_build_submission_generates_meta_and_warns_of_placeholders(tmp_path, cap
     torch.save(checkpoint_dict(model, epoch=1, head=head, backbone=identity, classes=["a", "b"], subcenters=[1, 2],
                                metrics={}), checkpoint)
     score_paths = []
-    for system in ("late", "single"):
+    for system in ("late", "epoch_3"):
         for machine in MACHINES:
             rows = [{"role": "test", "split": "test", "file": clip, "domain": "source", "label": "", "attributes": "",
                      "score": float(i), "decision": int(i > 2)} for i, clip in enumerate(CLIPS)]
@@ -396,15 +415,15 @@ def test_build_submission_generates_meta_and_warns_of_placeholders(tmp_path, cap
             path.parent.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(rows).to_csv(path, index=False)
             score_paths.append(str(path))
-    submission = {"systems": [{"label": "Lastname_Inst_task2_1", "ensemble": "late"},
-                              {"label": "Lastname_Inst_task2_2", "ensemble": "single"}],
+    submission = {"systems": [{"label": "Lastname_Inst_task2_1", "system": "late"},
+                              {"label": "Lastname_Inst_task2_2", "system": "epoch_3"}],
                   "name": "BEATs LoRA ArcFace KNN", "abbreviation": "BLAK", "authors": list(PLACEHOLDER_AUTHORS),
                   "source_code": PLACEHOLDER_SOURCE_CODE}
     archive = tmp_path / "Lastname_Inst_task2.zip"
     with caplog.at_level(logging.WARNING, logger="asd.package"):
         build_submission(zip_path=str(archive), score_paths=score_paths, dev_tables=[], checkpoint_path=str(checkpoint),
                          machine_types=MACHINES, submission=submission, backbone_settings=dict(TINY_BACKBONE),
-                         ensembles={"late": [2, 3], "single": [3]}, scoring=dict(SCORING, k=2),
+                         ensembles={"late": [2, 3]}, scorers={"knn": {"method": "knn"}}, scoring=dict(SCORING, k=2),
                          decision={"quantile": 0.8})
     warned = caplog.text
     assert "Lastname_Inst_task2_1.meta.yaml: submission.authors[0].lastname is the placeholder" in warned

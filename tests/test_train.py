@@ -109,6 +109,8 @@ def test_schedule_and_specaugment():
     assert lrs[0] == pytest.approx(1e-5) and lrs[9] == pytest.approx(1e-4)
     assert max(lrs) == pytest.approx(1e-4) and lrs[-1] < 1e-6
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    floored = [learning_rate(s, total=100, warmup=10, peak=1e-4, floor=0.1) for s in range(101)]
+    assert floored[9] == pytest.approx(1e-4) and floored[100] == pytest.approx(1e-5) and min(floored[10:]) >= 1e-5
     x = torch.ones(64, 300, 128)
     valid = torch.full((64,), 200)
     out = spec_augment(x, valid, time_mask=80, freq_mask=24, generator=torch.Generator().manual_seed(0))

@@ -12,16 +12,17 @@ import zipfile
 
 import pandas as pd
 import pytest
+import yaml
 
 from asd.submission import check_submission
 from asd.train import CRASH_AFTER_EPOCH
 from workflow_runner import COMPARED, OVERLAYS, REPO, planned_jobs, planned_outputs, result_files, run_workflow, snakemake_command
 
 pytestmark = pytest.mark.slow
-RANDOM_INIT = "random-init backbone"
+DEMO_BACKBONE = "demo backbone pre-trained on synthetic machine sounds — not BEATs"
 
 
-def test_outputs_tables_and_random_init_labels(reference_run):
+def test_outputs_tables_and_demo_backbone_labels(reference_run):
     results = reference_run / "results"
     for fold, machines in (("dev", ["fan", "valve"]), ("eval", ["Polisher"])):
         for system in ("frozen", "epoch_1", "epoch_2", "ensemble"):
@@ -29,17 +30,25 @@ def test_outputs_tables_and_random_init_labels(reference_run):
             assert list(table.index) == ["AUC Source", "AUC Target", "pAUC", "hmean"]
             assert list(table.columns) == machines + ["All (hmean)"]
             assert ((table >= 0) & (table <= 100)).all().all()
-            assert RANDOM_INIT in (results / "tables" / fold / f"{system}.md").read_text()
+            assert DEMO_BACKBONE in (results / "tables" / fold / f"{system}.md").read_text()
         summary = pd.read_csv(results / "tables" / fold / "summary.csv")
         assert list(summary["system"]) == ["frozen", "epoch_1", "epoch_2", "ensemble"]
-        assert (pd.read_csv(results / "models" / fold / "train_log.csv")["backbone"].str.contains(RANDOM_INIT)).all()
-    archive = results / "submission" / "Demo_random-init_task2.zip"
+        assert (pd.read_csv(results / "models" / fold / "train_log.csv")["backbone"].str.contains(DEMO_BACKBONE)).all()
+    archive = results / "submission" / "Demo_SynthPretrained_task2.zip"
     assert check_submission(archive, machines=["Polisher"]) == []
     with zipfile.ZipFile(archive) as zf:
-        meta = zf.read("Demo_RandomInit_task2_1/Demo_RandomInit_task2_1.meta.yaml").decode()
-        scores = zf.read("Demo_RandomInit_task2_1/anomaly_score_Polisher_section_00_test.csv").decode().splitlines()
-    assert RANDOM_INIT in meta
-    assert len(scores) == 8 and all(line.split(",")[0].startswith("section_00_") for line in scores)
+        for label, system in (("Demo_SynthPretrained_task2_1", "ensemble"), ("Demo_SynthPretrained_task2_2", "frozen")):
+            meta = yaml.safe_load(zf.read(f"{label}/{label}.meta.yaml"))
+            scores = zf.read(f"{label}/anomaly_score_Polisher_section_00_test.csv").decode().splitlines()
+            assert meta["submission"]["name"].endswith(f"({system}) (demo backbone pre-trained on synthetic sounds, "
+                                                       "not BEATs)")
+            assert meta["external_datasets"] == []
+            assert len(scores) == 8 and all(line.split(",")[0].startswith("section_00_") for line in scores)
+            submitted = dict(line.split(",") for line in scores)
+            table = pd.read_csv(results / "scores" / "eval" / "Polisher" / f"{system}.csv")
+            assert {f: float(s) for f, s in submitted.items()} == pytest.approx(
+                dict(zip(table.loc[table["role"] == "test", "file"], table.loc[table["role"] == "test", "score"])))
+    assert "frozen (no fine-tuning)" in meta["system"]["description"]["embeddings"]
     # every rule logged, heavy rules benchmarked
     assert (results / "logs" / "train" / "dev.log").read_text().count("epoch ") >= 2
     assert (results / "benchmarks" / "train" / "dev.tsv").exists()

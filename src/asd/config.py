@@ -139,9 +139,12 @@ def _check_references(config: dict, source: str) -> None:
             raise AsdError(f"{source}: config key 'submission.{key}' is '{submission[key]}', not a fold; "
                            f"use one of {sorted(config['folds'])}.")
     for system in submission["systems"]:
-        if system["ensemble"] not in config["ensembles"]:
-            raise AsdError(f"{source}: submission system '{system['label']}' names ensemble "
-                           f"'{system['ensemble']}', which is not in 'ensembles' ({sorted(config['ensembles'])}).")
+        if system["system"] not in systems(config):
+            raise AsdError(f"{source}: submission system '{system['label']}' names system '{system['system']}', "
+                           f"which this config does not score; use one of {systems(config)}.")
+        if system.get("scorer", primary_scorer(config)) not in config["scorers"]:
+            raise AsdError(f"{source}: submission system '{system['label']}' names scorer '{system['scorer']}', "
+                           f"which is not in 'scorers' ({list(config['scorers'])}).")
 
 
 def all_machine_types(config: dict) -> list[str]:
@@ -172,8 +175,30 @@ FROZEN = "frozen"  # the baseline system: the backbone without fine-tuning, mean
 
 
 def systems(config: dict) -> list[str]:
-    """Names of the score sets that get a table: the frozen baseline, one per tabled epoch, one per ensemble."""
+    """The systems that get a table: the frozen baseline, one per tabled epoch, one per ensemble."""
     return [FROZEN] + [f"epoch_{e}" for e in table_epochs(config)] + list(config["ensembles"])
+
+
+def primary_scorer(config: dict) -> str:
+    """The first configured scorer: its score files and tables keep the plain system names."""
+    return next(iter(config["scorers"]))
+
+
+def score_set(config: dict, system: str, scorer: str) -> str:
+    """The name of one (system, scorer) pair's files: ``<system>``, or ``<system>@<scorer>`` off the primary."""
+    return system if scorer == primary_scorer(config) else f"{system}@{scorer}"
+
+
+def score_sets(config: dict, names: list[str] | None = None) -> list[str]:
+    """Every (system, scorer) pair of ``names`` (default: the tabled systems), scorer-major, primary first."""
+    return [score_set(config, system, scorer) for scorer in config["scorers"]
+            for system in (systems(config) if names is None else names)]
+
+
+def split_score_set(config: dict, name: str) -> tuple[str, str]:
+    """(system, scorer) of a score-set name."""
+    system, _, scorer = name.partition("@")
+    return system, scorer or primary_scorer(config)
 
 
 def fold_has_labels(config: dict, fold: str) -> bool:

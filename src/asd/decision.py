@@ -5,13 +5,21 @@ Convention (matches the DCASE baseline ``fit_anomaly_score_distribution``): a th
 training clips, threshold = ``gamma.ppf(quantile, shape, loc, scale)``. Because the location is
 fitted, non-positive scores (e.g. z-normalised ensemble scores) need no shifting: the fit moves
 with the data. A clip is anomalous iff its score > the threshold.
+
+On small or skewed banks the free-location fit can degenerate (shape far below 1, a scale many
+times the data's range) and put the threshold far beyond every training score; then the
+empirical quantile of the training scores is used instead, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from asd.errors import AsdError
+
+log = logging.getLogger(__name__)
 
 
 def gamma_threshold(train_loo_scores: np.ndarray, quantile: float = 0.9, *, name: str = "training scores") -> float:
@@ -38,6 +46,12 @@ def gamma_threshold(train_loo_scores: np.ndarray, quantile: float = 0.9, *, name
             f"{name}: the gamma fit of the training scores failed (shape {shape:.3g}, loc {loc:.3g}, "
             f"scale {scale:.3g}); inspect the scores or change decision.quantile."
         )
+    if not scores.min() <= threshold <= scores.max() + np.ptp(scores):
+        empirical = float(np.quantile(scores, quantile))
+        log.warning("%s: the gamma fit (shape %.3g, loc %.3g, scale %.3g) puts the %g quantile at %.4g, outside "
+                    "the training scores [%.4g, %.4g]; using their empirical quantile %.4g", name, shape, loc,
+                    scale, quantile, threshold, scores.min(), scores.max(), empirical)
+        return empirical
     return threshold
 
 

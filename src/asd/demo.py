@@ -44,8 +44,12 @@ class _Scale:
 
 
 SCALES = {
-    "demo": _Scale(source_train=24, target_train=4, supplemental=12, test_per_group=6,
+    "demo": _Scale(source_train=24, target_train=4, supplemental=12, test_per_group=25,
                    clip_seconds=10.0, short_seconds=8.0),
+    # bench/accuracy's fresh draw: the demo's training clips, twice its test clips (50 per domain and
+    # label, as in the real development set)
+    "accuracy": _Scale(source_train=24, target_train=4, supplemental=12, test_per_group=50,
+                       clip_seconds=10.0, short_seconds=8.0),
     "tiny": _Scale(source_train=4, target_train=2, supplemental=3, test_per_group=2,
                    clip_seconds=2.0, short_seconds=1.5),
 }
@@ -107,7 +111,7 @@ _MACHINES = (
 )
 
 # Background per domain: spectral slope (1 = pink, 0 = white) and machine-to-noise ratio in dB.
-_BACKGROUND = {"source": (1.0, 10.0), "target": (0.2, 3.0)}
+_BACKGROUND = {"source": (1.0, 10.0), "target": (0.5, 7.0)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,16 @@ def file_sha256(path: str | os.PathLike) -> str:
     return cache[key]
 
 
+def resolve_checkpoint(path: str | None, pipeline_dir: str | os.PathLike) -> str | None:
+    """``backbone.checkpoint`` as a path to open: a relative one that is not in the working directory
+    is taken from the pipeline's own folder, where the shipped demo backbone lives (so the demo also
+    runs with ``snakemake --directory``)."""
+    if not path or Path(path).is_absolute() or Path(path).exists():
+        return path
+    shipped = Path(pipeline_dir) / path
+    return str(shipped) if shipped.exists() else path
+
+
 def backbone_identity(backbone: dict) -> dict:
     """What a trained model depends on in the ``backbone`` section: the weights' content, not their path."""
     path = backbone.get("checkpoint")

@@ -294,3 +294,76 @@ def _paper_table(result: Mapping[str, Any]) -> dict[str, dict[str, float | None]
         "TOTAL score": {"h-mean": result["official_score"], "a-mean": float(np.mean(result["official_score_inputs"])),
                         **{machine: None for machine in machines}},
     }
+
+
+# --- bootstrap ---------------------------------------------------------------------------------------
+
+def bootstrap_indices(section: AlignedSection, *, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """[resamples, clips] clip indices: each (domain, normal/anomaly) group redrawn with replacement from
+    itself, so every resample keeps the group sizes the official metrics are defined over."""
+    groups = np.char.add(section.domain.astype(str), section.label.astype(str))  # e.g. "source0"
+    indices = np.empty((resamples, len(groups)), dtype=np.int64)
+    for group in np.unique(groups):
+        members = np.flatnonzero(groups == group)
+        indices[:, members] = members[rng.integers(0, len(members), size=(resamples, len(members)))]
+    return indices
+
+
+def resampled_section_metrics(section: AlignedSection, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """AUC_source, AUC_target and pAUC of the clips each row of ``indices`` [resamples, clips] picks:
+    ``section_metrics``' numbers (sklearn's ROC areas, ties included), vectorised over the rows."""
+    _, level = np.unique(-section.score, return_inverse=True)  # dense score rank, 0 = most anomalous
+    levels = int(level.max()) + 1
+    flat_level = (level[indices] + levels * np.arange(len(indices))[:, None]).ravel()  # [resamples * clips]
+    label, domain = section.label[indices].ravel(), section.domain[indices].ravel()
+
+    def counts(picked: np.ndarray) -> np.ndarray:  # [resamples, levels] picked clips per score level
+        return np.bincount(flat_level[picked], minlength=len(indices) * levels).reshape(len(indices), levels)
+
+    anomalies = counts(label == 1)
+    normals = {name: counts((label == 0) & (domain == name)) for name in DOMAINS}
+    return {
+        "AUC_source": _roc_area(normals["source"], anomalies),
+        "AUC_target": _roc_area(normals["target"], anomalies),
+        "pAUC": _roc_area(normals["source"] + normals["target"], anomalies, max_fpr=MAX_FPR),
+    }
+
+
+def bootstrap_official_score(
+    sections: Sequence[AlignedSection], *, resamples: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Bootstrap spread of the official score of ``sections`` (every machine/section, sorted): each
+    resample redraws every section's clips within its (domain, normal/anomaly) groups and recomputes
+    the score. Returns the point estimate, the resamples' mean and standard deviation, and their 2.5 %
+    and 97.5 % percentiles."""
+    rng = np.random.default_rng(seed)
+    per_section = [resampled_section_metrics(section, bootstrap_indices(section, resamples=resamples, rng=rng))
+                   for section in sections]
+    scores = scipy.stats.hmean(np.maximum(official_score_inputs(per_section), EPS), axis=0)  # [resamples]
+    low, high = np.percentile(scores, [2.5, 97.5])
+    return {
+        "official_score": official_score([section_metrics(section) for section in sections]),
+        "mean": float(np.mean(scores)),
+        "sd": float(np.std(scores, ddof=1)),
+        "percentile_2.5": float(low),
+        "percentile_97.5": float(high),
+        "resamples": resamples,
+        "seed": seed,
+    }
+
+
+def _roc_area(normals: np.ndarray, anomalies: np.ndarray, *, max_fpr: float | None = None) -> np.ndarray:
+    """Per row, ``roc_auc_score`` (with ``max_fpr``: its McClish-standardised partial area) from clip counts
+    per score level [rows, levels], most anomalous level first: the area under the ROC polyline through
+    each level's (FPR, TPR), cut at ``max_fpr`` where the segment crosses it, as sklearn interpolates."""
+    fpr = np.pad(np.cumsum(normals, axis=1) / normals.sum(axis=1, keepdims=True), ((0, 0), (1, 0)))
+    tpr = np.pad(np.cumsum(anomalies, axis=1) / anomalies.sum(axis=1, keepdims=True), ((0, 0), (1, 0)))
+    start_fpr, end_fpr, start_tpr, end_tpr = fpr[:, :-1], fpr[:, 1:], tpr[:, :-1], tpr[:, 1:]
+    cut_fpr = np.minimum(end_fpr, 1.0 if max_fpr is None else max_fpr)
+    width = np.maximum(cut_fpr - start_fpr, 0.0)  # 0 for vertical segments and those beyond max_fpr
+    slope = np.divide(end_tpr - start_tpr, end_fpr - start_fpr, out=np.zeros_like(start_tpr), where=width > 0)
+    area = np.sum(width * (2 * start_tpr + slope * width) / 2, axis=1)
+    if max_fpr is None:
+        return area
+    min_area, max_area = 0.5 * max_fpr**2, max_fpr
+    return 0.5 * (1 + (area - min_area) / (max_area - min_area))

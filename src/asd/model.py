@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -333,8 +334,11 @@ def build_backbone(settings: dict) -> tuple[BEATs, dict]:
 
     path, num_layers = settings.get("checkpoint"), settings["num_layers"]
     if path:
+        from asd.pretrain import read_marker
+
         model = beats.load_beats(path, num_layers=num_layers)
-        identity = {"checkpoint": str(path), "sha256": file_sha256(path), "random_init": False}
+        identity = {"checkpoint": str(path), "sha256": file_sha256(path), "random_init": False,
+                    "pretrained_on": read_marker(path)}
     else:
         config = {"iter3": beats.ITER3, "demo": beats.DEMO}[settings.get("random_init_size", "iter3")]
         with torch.random.fork_rng(devices=[]):
@@ -347,9 +351,13 @@ def build_backbone(settings: dict) -> tuple[BEATs, dict]:
 
 
 def backbone_label(identity: dict) -> str:
-    """How outputs name the backbone; a random one always says so."""
-    return "random-init backbone (no pre-trained weights)" if identity["random_init"] else \
-        f"BEATs checkpoint {identity['checkpoint']} (sha256 {identity['sha256'][:12]})"
+    """How outputs name the backbone: a random one and the demo one (``asd pretrain``) always say so."""
+    if identity["random_init"]:
+        return "random-init backbone (no pre-trained weights)"
+    weights = f"{Path(str(identity['checkpoint'])).name}, sha256 {identity['sha256'][:12]}"
+    if identity.get("pretrained_on"):
+        return f"{identity['pretrained_on']} ({weights})"
+    return f"BEATs checkpoint ({weights})"
 
 
 def _checkpoint_rule(path) -> str:

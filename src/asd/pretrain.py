@@ -316,7 +316,7 @@ def run(out: str | os.PathLike, settings: PretrainSettings = PretrainSettings(),
 def read_marker(path: str | os.PathLike) -> str | None:
     """LABEL if ``path`` is a checkpoint this module wrote, else None (e.g. an official BEATs checkpoint)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # unreadable files are load_beats' business, with its own message
         return None
     cfg = state.get("cfg") if isinstance(state, dict) else None

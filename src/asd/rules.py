@@ -77,7 +77,8 @@ def score(job) -> None:
     from asd.scoring import score_machine
 
     score_machine(systems=list(job.params.systems), embedding_paths=list(job.input), bank_paths=list(job.output.banks),
-                  score_paths=list(job.output.scores), ensembles=dict(job.params.ensembles),
+                  score_paths=list(job.output.scores), scorers=dict(job.params.scorers),
+                  ensembles=dict(job.params.ensembles),
                   ensemble_paths=list(job.output.ensembles), machine=job.wildcards.machine,
                   kind_override=job.params.kind_override, use_supplemental=job.params.use_supplemental,
                   scoring=dict(job.params.scoring), decision=dict(job.params.decision))
@@ -90,7 +91,8 @@ def evaluate(job) -> None:
                   systems=list(job.params.systems), ground_truth=job.params.ground_truth,
                   train_log_path=job.input.train_log, metric_paths=list(job.output.metrics),
                   table_paths=list(job.output.tables), markdown_paths=list(job.output.markdown),
-                  summary_csv=job.output.summary_csv, summary_md=job.output.summary_md, fold=job.wildcards.fold)
+                  summary_csv=job.output.summary_csv, summary_md=job.output.summary_md, fold=job.wildcards.fold,
+                  scorers=list(job.params.scorers))
 
 
 def submission(job) -> None:
@@ -99,7 +101,8 @@ def submission(job) -> None:
     build_submission(zip_path=job.output[0], score_paths=list(job.input.scores), dev_tables=list(job.input.dev_tables),
                      checkpoint_path=job.input.checkpoint, machine_types=list(job.params.machine_types),
                      submission=dict(job.params.submission), backbone_settings=dict(job.config["backbone"]),
-                     ensembles=dict(job.params.ensembles), scoring=dict(job.params.scoring),
+                     ensembles=dict(job.params.ensembles), scorers=dict(job.params.scorers),
+                     scoring=dict(job.params.scoring),
                      decision=dict(job.params.decision))
 
 

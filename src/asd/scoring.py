@@ -1,6 +1,7 @@
-"""From embeddings to per-clip score tables: memory bank files, KNN epoch scores, multi-epoch ensembles.
+"""From embeddings to per-clip score tables: memory bank files, every scorer's scores, multi-epoch ensembles.
 
-A score CSV (``results/scores/<fold>/<machine>/<system>.csv``) holds one row per test clip and one
+A score CSV (``results/scores/<fold>/<machine>/<system>[@<scorer>].csv``, see ``asd.scorers``) holds one
+row per test clip and one
 per memory-bank clip (``role`` = test | bank). Bank rows carry leave-one-out scores, the training
 statistics that ensembling and decision thresholds use; test statistics are never used.
 Columns: role, split, file, domain, label, attributes, score, decision (+ score_<domain> per bank
@@ -22,14 +23,20 @@ from asd.ensemble import fuse_epochs
 from asd.store import ROW_COLUMNS, load_embeddings, order_score_table
 from asd.errors import AsdError
 from asd.io import write_csv, write_json
-from asd.knn import DomainNormaliser, leave_one_out_scores, score_domains
+from asd.scorers import run_scorer
 
 log = logging.getLogger(__name__)
 
 
 def write_bank(*, embeddings_path: str, out_path: str, machine: str, kind_override: str | None,
                use_supplemental: bool) -> None:
-    embeddings, spectrum, manifest, attrs = load_embeddings(embeddings_path)
+    _write_bank(load_embeddings(embeddings_path), embeddings_path=embeddings_path, out_path=out_path,
+                machine=machine, kind_override=kind_override, use_supplemental=use_supplemental)
+
+
+def _write_bank(loaded: tuple, *, embeddings_path: str, out_path: str, machine: str, kind_override: str | None,
+                use_supplemental: bool) -> None:
+    embeddings, spectrum, manifest, attrs = loaded
     try:
         bank = build_bank(manifest, embeddings, name=machine, kind_override=kind_override,
                           use_supplemental=use_supplemental, test_features=spectrum)
@@ -54,51 +61,74 @@ def _bank_rows(manifest: pd.DataFrame, members: list[str], bank_path: str) -> np
     return by_file.loc[members].to_numpy()
 
 
+PAPER_SCORER = {"method": "knn"}  # k, banks and normalisation from the scoring section
+
+
 def score_epoch(*, embeddings_path: str, bank_path: str, out_path: str, machine: str, scoring: dict,
                 decision: dict) -> None:
-    embeddings, _, manifest, attrs = load_embeddings(embeddings_path)
+    """One system's scores with the paper's scorer (the ``scoring`` section's KNN)."""
+    _score_system(load_embeddings(embeddings_path), bank_path=bank_path, out_paths={"knn": out_path},
+                  scorers={"knn": PAPER_SCORER}, machine=machine, scoring=scoring, decision=decision)
+
+
+def _score_system(loaded: tuple, *, bank_path: str, out_paths: dict[str, str], scorers: dict[str, dict],
+                  machine: str, scoring: dict, decision: dict) -> dict[str, float]:
+    """Every scorer's score table of one system (its embeddings loaded once); seconds per scorer."""
+    embeddings, _, manifest, attrs = loaded
     with open(bank_path) as f:
         members = json.load(f)["members"]
     rows = {d: _bank_rows(manifest, members[d], bank_path) for d in ("source", "target")}
     banks = {d: embeddings[r] for d, r in rows.items()}
-    if not scoring["separate_domain_banks"]:
-        rows = {"all": np.concatenate([rows["source"], rows["target"]])}
-        banks = {"all": embeddings[rows["all"]]}
-    k = scoring["k"]
-    where = f"{machine} in {bank_path}"  # how KNN errors (empty bank, k too large) name the bank
-    normaliser = DomainNormaliser.fit(banks, k, name=where) if scoring["domain_normalisation"] else None
     test = np.flatnonzero(manifest["split"].to_numpy() == "test")
-    test_score, test_domains = score_domains(embeddings[test], banks, k, name=where, normaliser=normaliser)
-    loo = leave_one_out_scores(banks, k, name=where, normaliser=normaliser)
-    bank_index = np.concatenate([rows[d] for d in loo])
-    bank_score = np.concatenate(list(loo.values()))
-    threshold = gamma_threshold(bank_score, decision["quantile"], name=f"{machine} epoch {attrs['epoch']}")
-    table = pd.concat([
-        manifest.loc[test, ROW_COLUMNS].assign(role="test", score=test_score,
-                                               **{f"score_{d}": v for d, v in test_domains.items()}),
-        manifest.loc[bank_index, ROW_COLUMNS].assign(role="bank", score=bank_score),
-    ], ignore_index=True)
-    table["decision"] = decide(table["score"].to_numpy(), threshold)
-    write_csv(out_path, order_score_table(table))
-    log.info("%s epoch %s: %d test clips scored against %s banks (k=%d), threshold %.4f, %d flagged",
-             machine, attrs["epoch"], len(test), "/".join(banks), k, threshold,
-             int(table.loc[table.role == "test", "decision"].sum()))
+    where = f"{machine} in {bank_path}"  # how scorer errors (empty bank, k too large) name the bank
+    seconds = {}
+    for scorer, spec in scorers.items():
+        started = time.perf_counter()
+        test_score, test_domains, loo = run_scorer(spec, banks, embeddings[test], scoring=scoring, name=where)
+        # Bank rows in the order the scorer's leave-one-out scores come: per bank domain ("all" = both banks).
+        order = {**rows, "all": np.concatenate([rows["source"], rows["target"]])}
+        bank_index = np.concatenate([order[d] for d in loo])
+        bank_score = np.concatenate(list(loo.values()))
+        threshold = gamma_threshold(bank_score, decision["quantile"],
+                                    name=f"{machine} epoch {attrs['epoch']}, scorer {scorer}")
+        table = pd.concat([
+            manifest.loc[test, ROW_COLUMNS].assign(role="test", score=test_score,
+                                                   **{f"score_{d}": v for d, v in test_domains.items()}),
+            manifest.loc[bank_index, ROW_COLUMNS].assign(role="bank", score=bank_score),
+        ], ignore_index=True)
+        table["decision"] = decide(table["score"].to_numpy(), threshold)
+        write_csv(out_paths[scorer], order_score_table(table))
+        seconds[scorer] = time.perf_counter() - started
+        log.info("%s epoch %s, scorer %s: %d test clips scored against the %s banks, threshold %.4f, %d flagged "
+                 "(%.3f s)", machine, attrs["epoch"], scorer, len(test), "/".join(d for d in rows if len(rows[d])),
+                 threshold, int(table.loc[table.role == "test", "decision"].sum()), seconds[scorer])
+    return seconds
 
 
 def score_machine(*, systems: list[str], embedding_paths: list[str], bank_paths: list[str], score_paths: list[str],
-                  ensembles: dict[str, list[int]], ensemble_paths: list[str], machine: str, kind_override: str | None,
-                  use_supplemental: bool, scoring: dict, decision: dict) -> None:
-    """All scoring of one machine type in one job: per system (the frozen baseline, each epoch) its bank and KNN
-    scores, then every ensemble of epochs."""
+                  scorers: dict[str, dict], ensembles: dict[str, list[int]], ensemble_paths: list[str], machine: str,
+                  kind_override: str | None, use_supplemental: bool, scoring: dict, decision: dict) -> None:
+    """All scoring of one machine type in one job: per system (the frozen baseline, each epoch) its bank and
+    every scorer's scores (embeddings read once), then every ensemble of epochs, per scorer.
+
+    ``score_paths``: [scorers x systems], scorer-major; ``ensemble_paths``: [scorers x ensembles]."""
     started = time.perf_counter()
-    for embeddings_path, bank_path, score_path in zip(embedding_paths, bank_paths, score_paths, strict=True):
-        write_bank(embeddings_path=embeddings_path, out_path=bank_path, machine=machine, kind_override=kind_override,
-                   use_supplemental=use_supplemental)
-        score_epoch(embeddings_path=embeddings_path, bank_path=bank_path, out_path=score_path, machine=machine,
-                    scoring=scoring, decision=decision)
-    by_system = dict(zip(systems, score_paths, strict=True))
-    for (name, fused), out_path in zip(ensembles.items(), ensemble_paths, strict=True):
-        fuse_epochs(score_paths=[by_system[f"epoch_{e}"] for e in fused], epochs=list(fused), out_path=out_path,
-                    machine=machine, decision=decision)
-    log.info("%s: %d systems and %d ensembles scored in %.2f s", machine, len(systems), len(ensembles),
-             time.perf_counter() - started)
+    names = list(scorers)
+    seconds = dict.fromkeys(names, 0.0)
+    paths = {(scorer, system): path for (scorer, system), path in
+             zip(((sc, sy) for sc in names for sy in systems), score_paths, strict=True)}
+    for system, embeddings_path, bank_path in zip(systems, embedding_paths, bank_paths, strict=True):
+        loaded = load_embeddings(embeddings_path)
+        _write_bank(loaded, embeddings_path=embeddings_path, out_path=bank_path, machine=machine,
+                    kind_override=kind_override, use_supplemental=use_supplemental)
+        spent = _score_system(loaded, bank_path=bank_path, out_paths={sc: paths[sc, system] for sc in names},
+                              scorers=scorers, machine=machine, scoring=scoring, decision=decision)
+        seconds = {sc: seconds[sc] + spent[sc] for sc in names}
+    fused_paths = iter(ensemble_paths)
+    for scorer in names:
+        for name, fused in ensembles.items():
+            fuse_epochs(score_paths=[paths[scorer, f"epoch_{e}"] for e in fused], epochs=list(fused),
+                        out_path=next(fused_paths), machine=machine, decision=decision)
+    log.info("%s: %d systems x %d scorers and %d ensembles scored in %.2f s; scorer time: %s", machine, len(systems),
+             len(names), len(ensembles) * len(names), time.perf_counter() - started,
+             ", ".join(f"{sc} {t:.3f} s" for sc, t in seconds.items()))

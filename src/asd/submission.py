@@ -52,6 +52,7 @@ REQUIRED_META_KEYS = (
 )
 DEV_RESULT_KEYS = ("auc_source", "auc_target", "pauc")
 RANDOM_INIT_NOTE = "random-init backbone"
+DEMO_BACKBONE_NOTE = "demo backbone pre-trained on synthetic sounds, not BEATs"
 _RESULT_FILE = re.compile(
     r"(?:anomaly_score|decision_result)_(?P<machine>.+)_section_(?P<section>\d\d)_test\.csv"
 )
@@ -220,20 +221,20 @@ def meta_yaml(
     dev_results: Mapping[str, Mapping[str, float]],
     external_datasets: Sequence[Mapping[str, str]],
     source_code: str,
-    random_init_backbone: bool,
+    backbone_note: str | None,
 ) -> str:
     """The ``<label>.meta.yaml`` text; dev_results in percent, ``{machine: {auc_source, auc_target, pauc}}``.
 
-    With ``random_init_backbone`` the name and the embeddings description say so, so no reader
-    mistakes such a system for one with pretrained BEATs weights.
+    A ``backbone_note`` (``RANDOM_INIT_NOTE``, ``DEMO_BACKBONE_NOTE``) is added to the name and the
+    embeddings description, so no reader mistakes such a system for one with BEATs weights.
     """
     description = dict(description)
-    if random_init_backbone:
-        if RANDOM_INIT_NOTE not in name:
-            name = f"{name} ({RANDOM_INIT_NOTE})"
-        if RANDOM_INIT_NOTE not in str(description.get("embeddings", "")):
+    if backbone_note:
+        if backbone_note not in name:
+            name = f"{name} ({backbone_note})"
+        if backbone_note not in str(description.get("embeddings", "")):
             embeddings = description.get("embeddings") or ""
-            description["embeddings"] = f"{embeddings} ({RANDOM_INIT_NOTE}, no pretrained weights)".strip()
+            description["embeddings"] = f"{embeddings} ({backbone_note})".strip()
     meta = {
         "submission": {"label": label, "name": name, "abbreviation": abbreviation,
                        "authors": [dict(author) for author in authors]},

@@ -75,7 +75,7 @@ def backbone_note(train_log_path: str) -> str:
 
 def evaluate_fold(*, score_paths: list[str], machines: list[str], systems: list[str], ground_truth: str | None,
                   train_log_path: str, metric_paths: list[str], table_paths: list[str], markdown_paths: list[str],
-                  summary_csv: str, summary_md: str, fold: str) -> None:
+                  summary_csv: str, summary_md: str, fold: str, scorers: list[str]) -> None:
     """Per system: official metrics of every machine type (JSON) and Table 1 (CSV + Markdown); then the summary.
 
     ``score_paths``: [systems x machines], system-major. Labels of unlabelled (eval) test names come
@@ -92,31 +92,37 @@ def evaluate_fold(*, score_paths: list[str], machines: list[str], systems: list[
         write_text(markdown_paths[s], markdown(table, title=f"{fold}: {system} (official metrics, %)", note=note))
         tables.append(100 * table[ALL])
     write_summary(all_columns=tables, systems=systems, train_log_path=train_log_path, csv_path=summary_csv,
-                  md_path=summary_md, fold=fold)
+                  md_path=summary_md, fold=fold, scorers=scorers)
 
 
 def write_summary(*, all_columns: list[pd.Series], systems: list[str], train_log_path: str, csv_path: str,
-                  md_path: str, fold: str) -> None:
-    """One row per system: the All (hmean) column of its Table 1 (in %), plus the epoch's training loss/accuracy."""
+                  md_path: str, fold: str, scorers: list[str]) -> None:
+    """One row per (system, scorer): the All (hmean) column of its Table 1 (in %), plus the epoch's training
+    loss/accuracy. ``systems`` are score-set names (``<system>`` for the first of ``scorers``,
+    ``<system>@<scorer>`` for the others); the Markdown is one grid, systems x scorers."""
     train_log = pd.read_csv(train_log_path).set_index("epoch")
     rows = []
-    for system, column in zip(systems, all_columns):
-        row = {"system": system, **{k: column[k] for k in (*ROWS, "hmean")}}
+    for name, column in zip(systems, all_columns):
+        system, _, scorer = name.partition("@")
+        row = {"system": system, "scorer": scorer or scorers[0], **{k: column[k] for k in (*ROWS, "hmean")}}
         if system.startswith("epoch_") and int(system[6:]) in train_log.index:
             epoch = train_log.loc[int(system[6:])]
             row.update(train_loss=epoch["loss"], train_accuracy=100 * epoch["accuracy"])
         rows.append(row)
     summary = pd.DataFrame(rows)
     write_csv(csv_path, summary)
-    best = summary.loc[summary["hmean"].idxmax(), "system"]
-    lines = [f"### {fold}: epochs and ensembles (All (hmean) column of each Table 1, %)", "",
-             f"_{backbone_note(train_log_path)}; best official score: {best}_", "",
-             "| system | AUC Source | AUC Target | pAUC | official score (hmean) | train loss | train acc. |",
-             "|---|---|---|---|---|---|---|"]
-    for _, r in summary.iterrows():
-        extra = [_cell(r.get("train_loss"), ".3f"), _cell(r.get("train_accuracy"), ".1f")]
-        lines.append(f"| {r['system']} | {r['AUC Source']:.2f} | {r['AUC Target']:.2f} | {r['pAUC']:.2f} | "
-                     f"{r['hmean']:.2f} | " + " | ".join(extra) + " |")
+    best = summary.loc[summary["hmean"].idxmax()]
+    lines = [f"### {fold}: systems x scorers (All (hmean) column of each Table 1, %)", "",
+             f"_{backbone_note(train_log_path)}; best official score: {best['system']} with {best['scorer']}_", "",
+             "Each cell: official score (AUC Source / AUC Target / pAUC).", "",
+             "| system | " + " | ".join(dict.fromkeys(summary["scorer"])) + " | train loss | train acc. |",
+             "|---|" + "---|" * (summary["scorer"].nunique() + 2)]
+    for system, group in summary.groupby("system", sort=False):
+        cells = [f"{r['hmean']:.2f} ({r['AUC Source']:.1f} / {r['AUC Target']:.1f} / {r['pAUC']:.1f})"
+                 for _, r in group.iterrows()]
+        first = group.iloc[0]
+        extra = [_cell(first.get("train_loss"), ".3f"), _cell(first.get("train_accuracy"), ".1f")]
+        lines.append(f"| {system} | " + " | ".join(cells + extra) + " |")
     write_text(md_path, "\n".join(lines) + "\n")
 
 

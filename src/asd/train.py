@@ -56,12 +56,12 @@ def spec_augment(fbank: torch.Tensor, valid_frames: torch.Tensor, *, time_mask: 
     return fbank.masked_fill(time[:, :, None] | freq[:, None, :], 0.0)
 
 
-def learning_rate(step: int, *, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up to ``peak`` then cosine decay to 0."""
+def learning_rate(step: int, *, total: int, warmup: int, peak: float, floor: float = 0.0) -> float:
+    """Linear warm-up to ``peak`` then cosine decay to ``floor`` * peak (0: to zero)."""
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def _fold_data(feature_paths: list[str]):
@@ -130,7 +130,8 @@ def train_fold(*, fold: str, feature_paths: list[str], checkpoint_paths: list[st
         bar = tqdm(range(steps_per_epoch), desc=f"{fold} epoch {epoch}/{epochs}", unit="step")
         for step_in_epoch in bar:
             step = (epoch - 1) * steps_per_epoch + step_in_epoch
-            lr = learning_rate(step, total=total_steps, warmup=warmup_steps, peak=train_cfg["learning_rate"])
+            lr = learning_rate(step, total=total_steps, warmup=warmup_steps, peak=train_cfg["learning_rate"],
+                               floor=train_cfg["lr_floor"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[step_in_epoch * batch_size:(step_in_epoch + 1) * batch_size]

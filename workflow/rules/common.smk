@@ -8,7 +8,7 @@ from pathlib import Path
 import asd.config as cfg
 from asd.errors import AsdError
 from asd.dataset import machine_files
-from asd.fingerprint import STAGE_VERSIONS, backbone_identity
+from asd.fingerprint import STAGE_VERSIONS, backbone_identity, resolve_checkpoint
 
 
 FOLDS = list(config["folds"])
@@ -19,7 +19,11 @@ SCORED_EPOCHS = cfg.scored_epochs(config)
 # Those with embeddings, banks and KNN scores (the frozen baseline last: an epoch's problem is reported first).
 SCORED_SYSTEMS = [f"epoch_{e}" for e in SCORED_EPOCHS] + [cfg.FROZEN]
 SYSTEMS = cfg.systems(config)
+# Every (system, scorer) pair gets scores, metrics and a table: "<system>" for the primary scorer,
+# "<system>@<scorer>" for the others (plots show the primary scorer's).
+TABLED = cfg.score_sets(config)
 # The weights' content identifies the backbone (moving the file reruns nothing; new weights retrain).
+config["backbone"]["checkpoint"] = resolve_checkpoint(config["backbone"]["checkpoint"], workflow.basedir)
 try:
     BACKBONE = backbone_identity(config["backbone"])
 except AsdError as err:
@@ -56,7 +60,7 @@ wildcard_constraints:
     fold="|".join(FOLDS),
     machine="[A-Za-z0-9]+",
     epoch=r"\d+",
-    system="|".join(SYSTEMS),
+    system="|".join(TABLED),
 
 
 def machine_audio(wildcards):
@@ -83,10 +87,11 @@ def fold_checkpoints(wildcards):
     return [f"results/models/{wildcards.fold}/epoch_{e}.pt" for e in TRAINED_EPOCHS]
 
 
-def fold_scores(wildcards):
-    """[systems x machines], system-major: the order asd.tables.evaluate_fold and the plots expect."""
+def fold_scores(wildcards, names=None):
+    """[score sets x machines], set-major (every tabled pair by default): the order asd.tables.evaluate_fold
+    and the plots expect."""
     return [f"results/scores/{wildcards.fold}/{m}/{s}.csv"
-            for s in SYSTEMS for m in cfg.fold_machine_types(config, wildcards.fold)]
+            for s in (names or TABLED) for m in cfg.fold_machine_types(config, wildcards.fold)]
 
 
 def fold_ground_truth(wildcards):
@@ -108,7 +113,7 @@ def evaluated_folds():
 def submission_scores(wildcards):
     fold = config["submission"]["fold"]
     return [
-        f"results/scores/{fold}/{m}/{system['ensemble']}.csv"
+        f"results/scores/{fold}/{m}/{submitted(system)}.csv"
         for system in config["submission"]["systems"]
         for m in cfg.fold_machine_types(config, fold)
     ]
@@ -118,13 +123,18 @@ def submission_dev_tables(wildcards):
     fold = config["submission"]["dev_fold"]
     if fold is None or not cfg.fold_has_labels(config, fold):
         return []
-    return [f"results/tables/{fold}/{system['ensemble']}.csv" for system in config["submission"]["systems"]]
+    return [f"results/tables/{fold}/{submitted(system)}.csv" for system in config["submission"]["systems"]]
+
+
+def submitted(system):
+    """The score set a submission.systems entry submits."""
+    return cfg.score_set(config, system["system"], system.get("scorer", cfg.primary_scorer(config)))
 
 
 def all_targets():
     targets = []
     for fold in evaluated_folds():
-        targets += expand("results/tables/{fold}/{system}.md", fold=fold, system=SYSTEMS)
+        targets += expand("results/tables/{fold}/{system}.md", fold=fold, system=TABLED)
         targets.append(f"results/tables/{fold}/summary.md")
     if config["submission"]["fold"] in FOLDS:
         targets.append(f"results/submission/{config['submission']['archive']}.zip")

@@ -14,7 +14,7 @@ EMBEDDING_PLOT_SYSTEMS = [cfg.FROZEN] + [
 BACKBONE_CAPTION = (
     "random-init backbone (no pre-trained weights)"
     if config["backbone"]["checkpoint"] is None
-    else f"BEATs checkpoint {config['backbone']['checkpoint']}"
+    else f"backbone checkpoint {Path(config['backbone']['checkpoint']).name} (sha256 {BACKBONE['weights'][:12]})"
 )
 # kind -> one report-marked PNG per system, {fold} left open for rule plots_scores.
 SCORE_FIGURES = {
@@ -34,7 +34,7 @@ PLOT_TARGETS = (
 
 rule plots_scores:
     input:
-        scores=fold_scores,
+        scores=lambda w: fold_scores(w, SYSTEMS),
         ground_truth=fold_ground_truth,
         train_log="results/models/{fold}/train_log.csv",
     output:

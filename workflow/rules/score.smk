@@ -1,7 +1,7 @@
 # Scoring: embeddings of the frozen backbone and of every epoch (one GPU job per fold x machine type:
 # the backbone and the features are loaded once), then one light job per fold x machine type for its
-# memory banks, the KNN scores of the frozen system and every scored epoch, and the multi-epoch
-# ensembles. Every per-system file stays a target.
+# memory banks, the scores of every scorer for the frozen system and every scored epoch (embeddings
+# read once), and the multi-epoch ensembles of each scorer. Every per-system file stays a target.
 
 
 rule embed:
@@ -35,10 +35,11 @@ rule score:
         expand("results/embeddings/{{fold}}/{{machine}}/{system}.h5", system=SCORED_SYSTEMS),
     output:
         banks=expand("results/banks/{{fold}}/{{machine}}/{system}.json", system=SCORED_SYSTEMS),
-        scores=expand("results/scores/{{fold}}/{{machine}}/{system}.csv", system=SCORED_SYSTEMS),
-        ensembles=expand("results/scores/{{fold}}/{{machine}}/{ensemble}.csv", ensemble=ENSEMBLES),
+        scores=expand("results/scores/{{fold}}/{{machine}}/{name}.csv", name=cfg.score_sets(config, SCORED_SYSTEMS)),
+        ensembles=expand("results/scores/{{fold}}/{{machine}}/{name}.csv", name=cfg.score_sets(config, ENSEMBLES)),
     params:
         systems=SCORED_SYSTEMS,
+        scorers=config["scorers"],
         ensembles=config["ensembles"],
         use_supplemental=config["scoring"]["use_supplemental"],
         kind_override=lambda w: config["supplemental_kinds"].get(w.machine),

@@ -96,3 +96,20 @@ def test_fast_enough_for_a_benchmark_table():
     start = time.perf_counter()
     bootstrap_official_score(sections, resamples=1000)
     assert time.perf_counter() - start < 2.0
+
+
+def test_roc_auc_equals_sklearn_with_ties_and_partial_area():
+    from sklearn.metrics import roc_auc_score
+
+    from asd.metrics import roc_auc
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        clips = int(rng.integers(5, 300))
+        label = (rng.random(clips) < rng.uniform(0.1, 0.9)).astype(int)
+        if label.min() == label.max():
+            continue
+        score = np.round(rng.normal(size=clips) + label * rng.uniform(0, 2), int(rng.integers(0, 3)))  # many ties
+        for max_fpr in (None, 0.1):
+            assert roc_auc(label, score, max_fpr=max_fpr) == pytest.approx(
+                roc_auc_score(label, score, max_fpr=max_fpr), abs=1e-12)

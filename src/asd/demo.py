@@ -111,7 +111,7 @@ _MACHINES = (
 )
 
 # Background per domain: spectral slope (1 = pink, 0 = white) and machine-to-noise ratio in dB.
-_BACKGROUND = {"source": (1.0, 10.0), "target": (0.5, 7.0)}
+_BACKGROUND = {"source": (1.0, 10.0), "target": (0.2, 3.0)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,8 +19,6 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.stats
-from sklearn.metrics import roc_auc_score
 
 from asd.errors import AsdError
 from asd.groundtruth import load_ground_truth
@@ -84,14 +82,22 @@ def align_section(
     )
 
 
+def roc_auc(label: np.ndarray, score: np.ndarray, *, max_fpr: float | None = None) -> float:
+    """sklearn's ``roc_auc_score`` (ties included; with ``max_fpr`` its McClish-standardised partial area),
+    in numpy: importing scikit-learn would cost every evaluation job about a second of start-up."""
+    _, level = np.unique(-np.asarray(score), return_inverse=True)  # dense rank, 0 = most anomalous
+    per_level = lambda picked: np.bincount(level[picked], minlength=int(level.max()) + 1)[None, :]  # noqa: E731
+    return float(_roc_area(per_level(label == 0), per_level(label == 1), max_fpr=max_fpr)[0])
+
+
 def section_metrics(section: AlignedSection) -> dict[str, float]:
     """AUC_all, AUC_source, AUC_target, pAUC and (with decisions) precision/recall/F1 per domain."""
     label, domain, score = section.label, section.domain, section.score
-    metrics = {"AUC_all": roc_auc_score(label, score)}
+    metrics = {"AUC_all": roc_auc(label, score)}
     for name in DOMAINS:
         in_auc = (domain == name) | (label == 1)  # this domain's normals + every anomaly
-        metrics[f"AUC_{name}"] = roc_auc_score(label[in_auc], score[in_auc])
-    metrics["pAUC"] = roc_auc_score(label, score, max_fpr=MAX_FPR)
+        metrics[f"AUC_{name}"] = roc_auc(label[in_auc], score[in_auc])
+    metrics["pAUC"] = roc_auc(label, score, max_fpr=MAX_FPR)
     if section.decision is not None:
         per_domain = {}
         for name in DOMAINS:
@@ -120,6 +126,14 @@ def machine_metrics(
                                          score_source=score_source, decision_source=decision_source))
 
 
+def harmonic_mean(values, axis=None):
+    """scipy.stats.hmean of positive values (a float, or an array along ``axis``), without importing scipy."""
+    values = np.asarray(values, dtype=np.float64)
+    count = values.size if axis is None else values.shape[axis]
+    result = count / np.sum(1.0 / values, axis=axis)
+    return float(result) if axis is None else result
+
+
 def official_score_inputs(sections: Sequence[Mapping[str, float]]) -> list[float]:
     """Every AUC_source, then every AUC_target, then every pAUC, in the given (sorted) order."""
     return [section[key] for key in ("AUC_source", "AUC_target", "pAUC") for section in sections]
@@ -127,7 +141,7 @@ def official_score_inputs(sections: Sequence[Mapping[str, float]]) -> list[float
 
 def official_score(sections: Sequence[Mapping[str, float]]) -> float:
     """Harmonic mean of all AUC_source, AUC_target and pAUC values, each floored at EPS."""
-    return float(scipy.stats.hmean(np.maximum(official_score_inputs(sections), EPS)))
+    return harmonic_mean(np.maximum(official_score_inputs(sections), EPS))
 
 
 def summaries(sections: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
@@ -162,7 +176,9 @@ def jackknife_ci95(
         leave_one_out[index] = statistic(label[keep], score[keep])
         keep[index] = True
     sigma = np.sqrt(np.sum((leave_one_out - leave_one_out.mean()) ** 2) / (count * (count - 1)))
-    return float(abs(scipy.stats.t.ppf((1 - _CI_CONFIDENCE) / 2, count - 1)) * sigma)
+    from scipy import stats  # here: importing scipy.stats costs a light job ~1 s of start-up
+
+    return float(abs(stats.t.ppf((1 - _CI_CONFIDENCE) / 2, count - 1)) * sigma)
 
 
 def evaluate_dir(
@@ -227,8 +243,8 @@ def evaluate_dir(
         label = np.concatenate([section.label for section in aligned.values()])  # [all clips]
         score = np.concatenate([section.score for section in aligned.values()])  # [all clips]
         intervals = [
-            jackknife_ci95(label, score, statistic=roc_auc_score),
-            jackknife_ci95(label, score, statistic=lambda y, s: roc_auc_score(y, s, max_fpr=MAX_FPR)),
+            jackknife_ci95(label, score, statistic=roc_auc),
+            jackknife_ci95(label, score, statistic=lambda y, s: roc_auc(y, s, max_fpr=MAX_FPR)),
         ]
         result["official_score_ci95"] = float(np.mean(intervals))
     return result
@@ -271,7 +287,7 @@ def _sorted_values(
 
 
 def _floored_hmean(values: np.ndarray) -> float:
-    return float(scipy.stats.hmean(np.maximum(values, EPS)))
+    return harmonic_mean(np.maximum(values, EPS))
 
 
 def _paper_table(result: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
@@ -339,7 +355,7 @@ def bootstrap_official_score(
     rng = np.random.default_rng(seed)
     per_section = [resampled_section_metrics(section, bootstrap_indices(section, resamples=resamples, rng=rng))
                    for section in sections]
-    scores = scipy.stats.hmean(np.maximum(official_score_inputs(per_section), EPS), axis=0)  # [resamples]
+    scores = harmonic_mean(np.maximum(official_score_inputs(per_section), EPS), axis=0)  # [resamples]
     low, high = np.percentile(scores, [2.5, 97.5])
     return {
         "official_score": official_score([section_metrics(section) for section in sections]),

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.stats
 
 from asd.errors import AsdError
 from asd.io import write_csv, write_json, write_text
-from asd.metrics import EPS, machine_metrics, official_score
+from asd.metrics import EPS, harmonic_mean, machine_metrics, official_score
 from asd.store import read_scores
 
 ROWS = {"AUC Source": "AUC_source", "AUC Target": "AUC_target", "pAUC": "pAUC"}
@@ -49,7 +48,7 @@ def machine_metrics_of(scores_path: str, *, machine: str, ground_truth: str | No
 
 
 def _hmean(values) -> float:
-    return float(scipy.stats.hmean(np.maximum(np.asarray(values, dtype=float), EPS)))
+    return harmonic_mean(np.maximum(np.asarray(values, dtype=float), EPS))
 
 
 def table_one(per_machine: list[dict]) -> pd.DataFrame:

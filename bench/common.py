@@ -15,9 +15,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
+
+from asd.device import resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "bench"
@@ -37,33 +39,92 @@ def interleaved(variants: dict[str, Callable[[], object]], *, rounds: int, warmu
     return {name: {"best_s": min(t), "median_s": statistics.median(t), "times_s": t} for name, t in times.items()}
 
 
-PEAK_SIZES = (1024, 2048)  # the best of these is "the peak": bf16 (AMX) peaks at the smaller size here
+# The best of these (and of any model-shaped matmul a benchmark adds) is "the peak". The best size
+# depends on CPU and dtype (bf16 with AMX peaked at 1024 on the Xeon, at 3072 on the EPYC), and too
+# few sizes let a model forward come out above 100 % of an underestimated "peak".
+PEAK_SIZES = (512, 1024, 1536, 2048, 3072)
 PEAK_SECONDS = 0.5  # each peak workload repeats its matmul for about this long: comparable with what it is compared to
+PEAK_UNDERESTIMATED = "peak underestimated: faster than the best dense matmul measured, so no fraction of peak"
 
 
-def peak_workloads(dtypes: tuple[torch.dtype, ...], *, seconds: float = PEAK_SECONDS) -> dict[str, tuple[Callable[[], object], float]]:
-    """Dense square matmuls to interleave with a benchmark's own variants: name -> (run, FLOPs of one run).
+class PeakWorkload(NamedTuple):
+    run: Callable[[], object]
+    flops: float  # of one run
+    dtype: str
+    shape: str  # "1024" for a square matmul, "MxKxN" for [M x K] @ [K x N]
 
-    One run repeats an ``size``-square matmul for about ``seconds``, so a peak and the workload it is
-    compared with last similarly long and see the same background load, not just its quiet moments.
+
+def peak_workloads(dtypes: tuple[torch.dtype, ...], *, shapes: tuple[tuple[int, int, int], ...] = (),
+                   seconds: float = PEAK_SECONDS) -> dict[str, PeakWorkload]:
+    """Dense matmuls to interleave with a benchmark's own variants: every ``PEAK_SIZES`` square and each
+    (M, K, N) of ``shapes`` (e.g. the model's own [tokens x 768] @ [768 x 3072]), in every dtype.
+
+    One run repeats its matmul for about ``seconds``, so a peak and the workload it is compared with
+    last similarly long and see the same background load, not just its quiet moments.
     """
     generator = torch.Generator().manual_seed(0)
+    all_shapes = {str(size): (size, size, size) for size in PEAK_SIZES} | {"x".join(map(str, mkn)): mkn for mkn in shapes}
     workloads = {}
     for dtype in dtypes:
-        for size in PEAK_SIZES:
-            a = torch.randn(size, size, generator=generator).to(dtype)
-            b = torch.randn(size, size, generator=generator).to(dtype)
+        for label, (m, k, n) in all_shapes.items():
+            a = torch.randn(m, k, generator=generator).to(dtype)
+            b = torch.randn(k, n, generator=generator).to(dtype)
             single = interleaved({"mm": lambda: torch.mm(a, b)}, rounds=3)["mm"]["best_s"]
             repeats = max(1, round(seconds / single))
-            workloads[f"peak {dtype_name(dtype)} {size}"] = (
-                lambda a=a, b=b, repeats=repeats: [torch.mm(a, b) for _ in range(repeats)], 2.0 * size**3 * repeats)
+            workloads[f"peak {dtype_name(dtype)} {label}"] = PeakWorkload(
+                lambda a=a, b=b, repeats=repeats: [torch.mm(a, b) for _ in range(repeats)], 2.0 * m * k * n * repeats,
+                dtype_name(dtype), label)
     return workloads
 
 
-def peak_gflops(timings: dict[str, dict], workloads: dict[str, tuple], dtype: torch.dtype) -> float:
-    """Best GFLOP/s over the peak workloads of ``dtype`` (from ``peak_workloads``, timed in ``timings``)."""
-    prefix = f"peak {dtype_name(dtype)} "
-    return max(flops / timings[name]["best_s"] / 1e9 for name, (_, flops) in workloads.items() if name.startswith(prefix))
+def matmul_peaks(timings: dict[str, dict], workloads: dict[str, PeakWorkload]) -> dict[str, dict]:
+    """Per dtype: GFLOP/s of every peak workload (timed in ``timings``) by shape, and the best, the peak."""
+    peaks: dict[str, dict] = {}
+    for name, workload in workloads.items():
+        by_shape = peaks.setdefault(workload.dtype, {"by_shape": {}})["by_shape"]
+        by_shape[workload.shape] = workload.flops / timings[name]["best_s"] / 1e9
+    for peak in peaks.values():
+        peak["shape"], peak["gflops"] = max(peak["by_shape"].items(), key=lambda item: item[1])
+    return peaks
+
+
+def fraction_of_peak(gflops: float, peak: dict) -> dict:
+    """``gflops`` against a peak from ``matmul_peaks``. Above 1 the peak was underestimated (nothing beats
+    the best dense matmul), which is recorded rather than reported as a fraction above 100 %."""
+    fraction = gflops / peak["gflops"]
+    return {"fraction_of_peak": fraction, "peak_underestimated": fraction > 1.0}
+
+
+def percent_of_peak(row: dict) -> str:
+    """A ``fraction_of_peak`` result for a Markdown cell."""
+    return "peak underestimated" if row["peak_underestimated"] else f"{row['fraction_of_peak'] * 100:.1f} %"
+
+
+def peak_target(what: str, row: dict, goal: float) -> dict:
+    """Target row for a ``fraction_of_peak`` result, ``goal`` a fraction; no verdict if the peak was underestimated."""
+    return target(what, row["fraction_of_peak"] * 100, goal * 100, unit="%",
+                  no_verdict=PEAK_UNDERESTIMATED if row["peak_underestimated"] else "")
+
+
+def peaks_text(peaks: dict[str, dict]) -> str:
+    """The measured peaks for Markdown: per dtype the best and every shape's GFLOP/s."""
+    return "; ".join(f"{dtype} {peak['gflops']:.0f} GFLOP/s (best at {peak['shape']}; by shape: "
+                     + ", ".join(f"{shape} {gflops:.0f}" for shape, gflops in peak["by_shape"].items()) + ")"
+                     for dtype, peak in peaks.items())
+
+
+NO_NATIVE_BF16 = "skipped: this CPU has no native bf16 (no avx512_bf16/amx_bf16 in /proc/cpuinfo)"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether bf16 runs natively here, as ``precision: auto`` decides it (asd.device). Emulated bf16 is
+    slower than fp32 and nothing a user would run, so the benchmarks skip their bf16 variants without it."""
+    return resolve_precision("auto", torch.device("cpu")) == "bf16"
+
+
+def benchmark_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes worth measuring on this CPU: float32, and bfloat16 where it is native."""
+    return (torch.float32, torch.bfloat16) if cpu_has_native_bf16() else (torch.float32,)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -100,6 +161,7 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
         "avx512_bf16": "avx512_bf16" in flags,
         "amx_bf16": "amx_bf16" in flags,
+        "native_bf16": cpu_has_native_bf16(),
         "load_average_1_5_15": [round(load, 2) for load in os.getloadavg()],
         "torch": torch.__version__,
         "python": sys.version.split()[0],
@@ -107,12 +169,17 @@ def machine() -> dict:
     }
 
 
-def target(what: str, measured: float, goal: float, *, unit: str, higher_is_better: bool = True,
-           at_most: bool = False) -> dict:
-    """One row of the targets table. ``at_most``: a limit that may be reached (shown as ≤, e.g. a job count)."""
-    met = measured >= goal if higher_is_better else (measured <= goal if at_most else measured < goal)
+def target(what: str, measured: float | None, goal: float, *, unit: str, higher_is_better: bool = True,
+           at_most: bool = False, no_verdict: str = "") -> dict:
+    """One row of the targets table. ``at_most``: a limit that may be reached (shown as ≤, e.g. a job count).
+    ``no_verdict``: why the row is not judged (``met`` None), e.g. a skipped variant (``measured`` None)."""
     sign = "≥" if higher_is_better else ("≤" if at_most else "<")
-    return {"what": what, "measured": f"{measured:.3g} {unit}".strip(), "target": f"{sign} {goal:g} {unit}".strip(), "met": met}
+    row = {"what": what, "measured": "—" if measured is None else f"{measured:.3g} {unit}".strip(),
+           "target": f"{sign} {goal:g} {unit}".strip()}
+    if no_verdict:
+        return row | {"met": None, "no_verdict": no_verdict}
+    met = measured >= goal if higher_is_better else (measured <= goal if at_most else measured < goal)
+    return row | {"met": met}
 
 
 def standalone(*, name: str, doc: str, run: Callable[..., dict], markdown: Callable[[dict], str],

@@ -44,10 +44,17 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
 ## accuracy report: the demo recipe on two synthetic draws, every system beside a log-mel 1-NN, with
-## bootstrap sds and the issue's goal (results/bench/accuracy.{json,md}; about 5 min on 2 cores)
+## bootstrap sds and the issue's goal (results/bench/accuracy.{json,md}; 10-20 min on 2 cores)
 .PHONY: bench-accuracy
 bench-accuracy: $(STAMP)
 	$(BIN)/python bench/accuracy.py --cores $(CORES)
+
+## GPU benchmark and on-device checks (run it on a GPU node; under 5 min on one H100/H200; stops without CUDA):
+## bf16 matmul peak, the training step, embedding throughput from HDF5, SDPA vs plain attention, bf16 vs fp32
+## embeddings, a short training run (results/bench/gpu.{json,md})
+.PHONY: bench-gpu
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/bench_gpu.py
 
 ## what torch sees: its CUDA build, the driver's GPUs, bf16 support (run it on a GPU node)
 gpu-check: $(STAMP)

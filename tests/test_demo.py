@@ -143,7 +143,7 @@ def test_same_seed_same_bytes_other_seed_other_sounds(tmp_path):
     first = generate_demo(tmp_path / "a", seed=3, scale="tiny")
     generate_demo(tmp_path / "b", seed=3, scale="tiny", workers=2)  # machine types in parallel: same bytes
     digests = tree_digests(tmp_path / "a")
-    assert len([name for name in digests if name.endswith(".wav")]) == 6 * (6 + 3 + 8)
+    assert len([name for name in digests if name.endswith(".wav")]) == 6 * (7 + 3 + 8)
     assert digests == tree_digests(tmp_path / "b")
     generate_demo(tmp_path / "a", seed=3, scale="tiny")  # a rerun replaces its own output
     assert tree_digests(tmp_path / "a") == digests

@@ -350,9 +350,9 @@ class _SelfAttention(nn.Module):
             # Finite minimum instead of -inf: identical weights, but no NaN if a whole clip is padding.
             attn_mask.masked_fill_(key_padding_mask[:, None, None, :], torch.finfo(q.dtype).min)
         dropout = self.dropout if self.training else 0.0
-        if attn_mask.requires_grad:
+        if attn_mask.requires_grad and not q.is_cuda:
             attended = self._attention_with_mask_gradient(q, k, v, attn_mask, dropout)
-        else:
+        else:  # on CUDA the memory-efficient kernel also returns the mask's gradient
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)  # [B, H, N, D]
         return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, dim))
 

@@ -50,7 +50,7 @@ SCALES = {
     # label, as in the real development set)
     "accuracy": _Scale(source_train=24, target_train=4, supplemental=12, test_per_group=50,
                        clip_seconds=10.0, short_seconds=8.0),
-    "tiny": _Scale(source_train=4, target_train=2, supplemental=3, test_per_group=2,
+    "tiny": _Scale(source_train=4, target_train=3, supplemental=3, test_per_group=2,
                    clip_seconds=2.0, short_seconds=1.5),
 }
 

@@ -126,33 +126,45 @@ def train_fold(*, fold: str, feature_paths: list[str], checkpoint_paths: list[st
         torch.manual_seed(seed * 100_003 + epoch)  # dropout, if any, draws from here
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(len(manifest), generator=generator)
-        started, loss_sum, correct = time.perf_counter(), 0.0, 0
+        started, loss_sum = time.perf_counter(), 0.0
+        correct = torch.zeros((), dtype=torch.long, device=device)
+
+        def batch(step_in_epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """Gather, SpecAugment and copy one batch (asynchronously to a GPU, from pinned memory)."""
+            idx = order[step_in_epoch * batch_size:(step_in_epoch + 1) * batch_size]
+            x = spec_augment(fbank[idx].float(), valid_frames[idx], time_mask=train_cfg["time_mask"],
+                             freq_mask=train_cfg["freq_mask"], generator=generator)
+            pin = device.type == "cuda"
+            return tuple(t.pin_memory().to(device, non_blocking=True) if pin else t
+                         for t in (x, frame_mask[idx], labels[idx]))
+
         bar = tqdm(range(steps_per_epoch), desc=f"{fold} epoch {epoch}/{epochs}", unit="step")
+        next_batch = batch(0)
         for step_in_epoch in bar:
             step = (epoch - 1) * steps_per_epoch + step_in_epoch
             lr = learning_rate(step, total=total_steps, warmup=warmup_steps, peak=train_cfg["learning_rate"],
                                floor=train_cfg["lr_floor"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            idx = order[step_in_epoch * batch_size:(step_in_epoch + 1) * batch_size]
-            x = spec_augment(fbank[idx].float(), valid_frames[idx], time_mask=train_cfg["time_mask"],
-                             freq_mask=train_cfg["freq_mask"], generator=generator)
-            pin = device.type == "cuda"
-            x, mask, y = (t.pin_memory().to(device, non_blocking=pin) if pin else t
-                          for t in (x, frame_mask[idx], labels[idx]))
+            x, mask, y = next_batch
             with autocast(device, precision):
                 loss, logits = model(x, mask, y)
-            if not torch.isfinite(loss):  # the weights that gave it are already diverged: nothing here is "good"
-                raise AsdError(f"training fold '{fold}' stopped: the loss became {loss.item()} at epoch {epoch}, "
-                               f"step {step_in_epoch + 1}. Lower train.learning_rate or set train.precision: fp32, "
-                               "then rerun (a changed setting trains from scratch).")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(dim=1) == y).sum().item()
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+            correct += (logits.argmax(dim=1) == y).sum()
+            # Nothing above waits for a GPU: the next batch is prepared on the CPU while this step runs there.
+            if step_in_epoch + 1 < steps_per_epoch:
+                next_batch = batch(step_in_epoch + 1)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):  # the weights that gave it are already diverged: nothing here is "good"
+                raise AsdError(f"training fold '{fold}' stopped: the loss became {loss_value} at epoch {epoch}, "
+                               f"step {step_in_epoch + 1}. Lower train.learning_rate or set train.precision: fp32, "
+                               "then rerun (a changed setting trains from scratch).")
+            loss_sum += loss_value * len(y)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
+        correct = int(correct)
         seconds = time.perf_counter() - started
         row = {"epoch": epoch, "loss": loss_sum / len(manifest), "accuracy": correct / len(manifest),
                "learning_rate": lr, "seconds": seconds, "clips_per_second": len(manifest) / seconds,

@@ -1,0 +1,215 @@
+"""Accuracy report: the demo recipe on two synthetic draws, every system beside a log-mel 1-NN reference.
+
+Each draw runs the demo as a user runs it, ``snakemake --cores 2 --configfile config/demo.yaml`` with the
+repository's Snakefile and the default target, from a scratch working directory
+results/bench/accuracy/<draw>/, plus an overlay that picks the draw's synthetic data (and makes a
+relative backbone.checkpoint of config/demo.yaml absolute, as the run's cwd is the scratch folder):
+
+- demo:  demo_data {seed: 0, scale: demo}, the demo itself;
+- fresh: demo_data {seed: 1, scale: accuracy}, as many training clips as the demo (other sounds), 50 test
+  clips per domain and label.
+
+Per draw and evaluated fold, on the same test clips: each score set's (system, or system@scorer) official
+score, AUC-S, AUC-T and pAUC (the "All (hmean)" column of its Table 1, from every
+results/metrics/<fold>/<score set>.json there is), the
+bootstrap sd of its official score (asd.metrics.bootstrap_official_score over its score CSVs), and the
+same for a log-mel 1-NN: per clip the mean ‖ std of its real (unpadded) cached fbank frames, scored by
+the cosine distance to the nearest training clip of its machine type (source and target pooled,
+supplemental clips left out). The goal (GOAL) is checked per draw on every evaluated fold, against the
+frozen system of the submitted ensemble's scorer; a report, so it exits 0 either way. Each working
+directory (about 0.7 GB) is deleted after its report unless --keep.
+
+    .venv/bin/python bench/accuracy.py [--draws demo,fresh] [--cores 2] [--resamples 1000] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+import asd.config as cfg
+from asd.dataset import apply_ground_truth
+from asd.features import load_features
+from asd.io import write_json, write_text
+from asd.metrics import AlignedSection, align_section, bootstrap_official_score, section_metrics
+from asd.tables import ALL, labelled_test_scores, table_one
+from common import REPO, RESULTS, machine, run_snakemake
+
+DEMO_CONFIG = REPO / "config" / "demo.yaml"
+DRAWS = {"demo": {"seed": 0, "scale": "demo"}, "fresh": {"seed": 1, "scale": "accuracy"}}
+REFERENCE = "log-mel 1-NN"
+MIN_OFFICIAL, MIN_GAIN_OVER_FROZEN = 70.0, 5.0  # percent, percentage points
+GOAL = (f"the submitted ensemble (the ensemble named in config/demo.yaml submission.systems) ≥ {MIN_OFFICIAL:g} "
+        f"official and ≥ frozen + {MIN_GAIN_OVER_FROZEN:g} points, on the demo and on the fresh draw")
+
+
+# --- one draw ----------------------------------------------------------------------------------------
+
+def overlay(draw: str) -> dict:
+    """The draw's demo data; a relative checkpoint of config/demo.yaml made absolute against the repository."""
+    checkpoint = (yaml.safe_load(DEMO_CONFIG.read_text()).get("backbone") or {}).get("checkpoint")
+    if checkpoint and not Path(checkpoint).is_absolute():
+        return {"demo_data": DRAWS[draw], "backbone": {"checkpoint": str(REPO / checkpoint)}}
+    return {"demo_data": DRAWS[draw]}
+
+
+def aligned(test: pd.DataFrame, machine_type: str) -> AlignedSection:
+    """Labelled test rows [file, label, domain, score] of one machine type, paired as asd.tables pairs them."""
+    truth = pd.DataFrame({"machine": machine_type, "section": "00", "file": test["file"],
+                          "label": (test["label"] == "anomaly").astype(int), "domain": test["domain"]})
+    return align_section(test[["file", "score"]], None, truth)
+
+
+def logmel_nearest_neighbour(features_path: Path, *, machine_type: str, ground_truth: str | None) -> AlignedSection:
+    """The reference system on one machine type: cosine 1-NN distance of mean ‖ std log-mel embeddings."""
+    features = load_features(features_path, splits=["train", "test"])
+    real = ~features.frame_padding_mask().numpy()[..., None]  # [clips, frames, 1]
+    frames = real.sum(axis=1)  # [clips, 1]
+    fbank = features.fbank.astype(np.float32)  # [clips, frames, 128]
+    mean = (fbank * real).sum(axis=1) / frames
+    std = np.sqrt((((fbank - mean[:, None]) ** 2) * real).sum(axis=1) / frames)
+    embedding = np.concatenate([mean, std], axis=1)  # [clips, 256]
+    embedding /= np.linalg.norm(embedding, axis=1, keepdims=True)
+    split = features.manifest["split"].to_numpy()
+    test = features.manifest[split == "test"].reset_index(drop=True)
+    if ground_truth is not None:
+        apply_ground_truth(test, ground_truth)
+    test["score"] = 1.0 - (embedding[split == "test"] @ embedding[split == "train"].T).max(axis=1)
+    return aligned(test, machine_type)
+
+
+def system_row(per_machine: list[dict], sections: list[AlignedSection], *, resamples: int) -> dict:
+    """Table 1's "All (hmean)" column (percent) and the bootstrap of the official score (fractions)."""
+    column = 100 * table_one(per_machine)[ALL]
+    bootstrap = bootstrap_official_score(sections, resamples=resamples)
+    # The metrics JSON and the score CSVs are the same clips and scores: the sd belongs to this score.
+    assert abs(100 * bootstrap["official_score"] - column["hmean"]) < 1e-6, (column["hmean"], bootstrap)
+    return {"official": float(column["hmean"]), "AUC_source": float(column["AUC Source"]),
+            "AUC_target": float(column["AUC Target"]), "pAUC": float(column["pAUC"]), "bootstrap": bootstrap}
+
+
+def score_set_order(name: str) -> tuple:
+    """Scorer-major, the primary scorer (plain names) first; then frozen, epochs in order, ensembles."""
+    system, _, scorer = name.partition("@")
+    epoch = int(system[6:]) if system.startswith("epoch_") else 0
+    return scorer != "", scorer, system != cfg.FROZEN, not system.startswith("epoch_"), epoch, system
+
+
+def fold_report(workdir: Path, config: dict, fold: str, *, resamples: int) -> dict:
+    machine_types = cfg.fold_machine_types(config, fold)
+    dataset = cfg.fold_dataset(config, fold)
+    truth_path = config["datasets"][dataset]["ground_truth"]
+    ground_truth = None if truth_path is None else str(workdir / truth_path)
+    reference = [logmel_nearest_neighbour(workdir / "results" / "features" / dataset / f"{m}.h5",
+                                          machine_type=m, ground_truth=ground_truth) for m in machine_types]
+    systems = {REFERENCE: system_row([{"machine": m, **section_metrics(s)} for m, s in zip(machine_types, reference)],
+                                     reference, resamples=resamples)}
+    metric_files = {path.stem: path for path in (workdir / "results" / "metrics" / fold).glob("*.json")}
+    for system in sorted(metric_files, key=score_set_order):
+        metrics = json.loads(metric_files[system].read_text())
+        sections = [aligned(labelled_test_scores(str(workdir / "results" / "scores" / fold / m / f"{system}.csv"),
+                                                 machine=m, ground_truth=ground_truth), m) for m in machine_types]
+        systems[system] = system_row(metrics["machines"], sections, resamples=resamples)
+    return {"machine_types": machine_types, "test_clips": sum(len(s.label) for s in reference), "systems": systems}
+
+
+def goal_check(folds: dict, submitted: dict[str, str]) -> dict:
+    """Per fold and submitted ensemble (score set -> the frozen one of its scorer): its official score, the
+    frozen one's, and whether the goal is met."""
+    checks = [{"fold": fold, "system": name, "official": report["systems"][name]["official"],
+               "frozen": report["systems"][frozen]["official"]}
+              for fold, report in folds.items() for name, frozen in submitted.items()]
+    for check in checks:
+        check["met"] = check["official"] >= MIN_OFFICIAL and check["official"] >= check["frozen"] + MIN_GAIN_OVER_FROZEN
+    return {"met": bool(checks) and all(check["met"] for check in checks), "checks": checks}
+
+
+def run_draw(draw: str, *, cores: int, resamples: int, keep: bool) -> dict:
+    workdir = RESULTS / "accuracy" / draw
+    shutil.rmtree(workdir, ignore_errors=True)  # a fresh run, as a user's first `make demo`
+    workdir.mkdir(parents=True)
+    draw_overlay = overlay(draw)
+    (workdir / "overlay.yaml").write_text(yaml.safe_dump(draw_overlay))
+    # Read with the run, so the report follows the config it ran (the draws may see different versions).
+    demo_config_sha256 = hashlib.sha256(DEMO_CONFIG.read_bytes()).hexdigest()
+    config = cfg.load_config(REPO / "config.yaml", DEMO_CONFIG, workdir / "overlay.yaml")
+    args = ["--cores", str(cores), "--configfile", str(DEMO_CONFIG), "overlay.yaml"]
+    load_before = [round(load, 2) for load in os.getloadavg()]  # the machine is shared: other jobs slow the run
+    _, wall, cpu = run_snakemake(*args, cwd=workdir)
+    load_after = [round(load, 2) for load in os.getloadavg()]
+    folds = {fold: fold_report(workdir, config, fold, resamples=resamples)
+             for fold in config["folds"] if cfg.fold_has_labels(config, fold)}
+    if not keep:
+        shutil.rmtree(workdir)
+    primary = cfg.primary_scorer(config)
+    submitted = {cfg.score_set(config, entry["system"], entry.get("scorer", primary)):
+                 cfg.score_set(config, cfg.FROZEN, entry.get("scorer", primary))
+                 for entry in config["submission"]["systems"] if entry["system"] in config["ensembles"]}
+    return {"overlay": draw_overlay, "demo_config_sha256": demo_config_sha256,
+            "command": f"cd {workdir.relative_to(REPO)} && snakemake -s {REPO / 'Snakefile'} " + " ".join(args),
+            "wall_s": wall, "cpu_s": cpu, "load_average_before": load_before, "load_average_after": load_after,
+            "submitted": submitted, "goal": goal_check(folds, submitted), "folds": folds}
+
+
+# --- report ------------------------------------------------------------------------------------------
+
+def run(*, draws: list[str], cores: int, resamples: int, keep: bool) -> dict:
+    return {"goal": GOAL, "machine": machine(), "cores": cores, "resamples": resamples,
+            "draws": {draw: run_draw(draw, cores=cores, resamples=resamples, keep=keep) for draw in draws}}
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Accuracy: the demo recipe on synthetic draws", "", f"Goal (the issue): {GOAL}.", ""]
+    for draw, report in result["draws"].items():
+        detail = "; ".join(f"{c['fold']} {c['system']} {c['official']:.2f} (frozen {c['frozen']:.2f})"
+                           for c in report["goal"]["checks"])
+        lines.append(f"- **{draw}: {'PASS' if report['goal']['met'] else 'FAIL'}** ({detail})")
+    lines += ["", f"A draw passes when the goal holds on every evaluated fold. Machine: {result['machine']['cpu']}, "
+              f"{result['machine']['cpu_count']} cores, snakemake --cores {result['cores']}; official ± the sd of "
+              f"{result['resamples']} bootstrap resamples of the test clips (within machine type, domain and "
+              "normal/anomaly); percent."]
+    for draw, report in result["draws"].items():
+        demo_data = report["overlay"]["demo_data"]
+        lines += ["", f"## {draw} draw: demo_data seed {demo_data['seed']}, scale {demo_data['scale']}", "",
+                  f"`{report['command']}`: {report['wall_s']:.0f} s wall, {report['cpu_s']:.0f} s CPU; load average "
+                  f"(1/5/15 min) before {report['load_average_before']}, after {report['load_average_after']}; "
+                  f"config/demo.yaml sha256 {report['demo_config_sha256'][:12]}."]
+        for fold, fold_result in report["folds"].items():
+            lines += ["", f"### {draw}, {fold} fold: {', '.join(fold_result['machine_types'])}, "
+                          f"{fold_result['test_clips']} test clips", "",
+                      "| system | official ± sd | AUC-S | AUC-T | pAUC |", "| --- | ---: | ---: | ---: | ---: |"]
+            for system, row in fold_result["systems"].items():
+                name = f"**{system}**" if system in report["submitted"] else system
+                lines.append(f"| {name} | {row['official']:.2f} ± {100 * row['bootstrap']['sd']:.2f} | "
+                             f"{row['AUC_source']:.2f} | {row['AUC_target']:.2f} | {row['pAUC']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--draws", default=",".join(DRAWS), help=f"comma-separated, of {', '.join(DRAWS)}")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--keep", action="store_true", help="keep each draw's working directory")
+    args = parser.parse_args()
+    draws = args.draws.split(",")
+    if unknown := sorted(set(draws) - set(DRAWS)):
+        parser.error(f"unknown draw(s) {unknown}; use {', '.join(DRAWS)}")
+    result = run(draws=draws, cores=args.cores, resamples=args.resamples, keep=args.keep)
+    text = markdown(result)
+    print(text)
+    write_json(RESULTS / "accuracy.json", result)
+    write_text(RESULTS / "accuracy.md", text)
+    print(f"wrote {RESULTS}/accuracy.json and accuracy.md")
+
+
+if __name__ == "__main__":
+    main()

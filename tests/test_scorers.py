@@ -153,7 +153,7 @@ def test_knn_rescale_caps_k_ref_at_a_small_bank():
         np.testing.assert_allclose(larger[1]["target"], capped[1]["target"], rtol=1e-12)
         assert not np.allclose(larger[1]["source"], capped[1]["source"])  # the 6-clip source bank uses more
     two_clips = {"source": banks["source"], "target": banks["target"][:2]}
-    with pytest.raises(AsdError, match=r"target bank.*knn_rescale needs at least 3 bank clips"):
+    with pytest.raises(AsdError, match=r"target bank\): knn_rescale needs at least 3 bank clips .* holds 2; remove"):
         run_scorer({"method": "knn_rescale", "k_ref": 1}, two_clips, test, scoring=SCORING, name="fanA")
 
 
@@ -347,3 +347,11 @@ def test_describe_names_each_method_and_its_parameters():
     assert "1 nearest memory-bank embedding)" in describe({"method": "knn"}, SCORING)  # k from the scoring section
     for spec in CONFIG_SCORERS.values():
         assert describe(spec, SCORING).strip()
+
+
+def test_domain_normalisation_on_a_two_clip_bank_names_the_setting():
+    banks, test = tiny_banks()
+    two_clips = {"source": banks["source"], "target": banks["target"][:2]}  # one distance: no spread to divide by
+    with pytest.raises(AsdError, match=r"target bank\): every leave-one-out distance is .* domain normalisation is "
+                                       r"undefined; set scoring.domain_normalisation: false"):
+        run_scorer({"method": "knn", "domain_normalisation": True}, two_clips, test, scoring=SCORING, name="fanA")

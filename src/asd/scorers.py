@@ -92,8 +92,11 @@ def score_knn_rescale(banks: Banks, test: np.ndarray, *, k_ref: int, name: str) 
     own_distances = {d: _distances(bank, bank) for d, bank in units.items()}  # [M, M] per domain
     references = {}
     for domain, bank in banks.items():
+        if 0 < len(bank) < 3:
+            raise AsdError(f"{name} ({domain} bank): knn_rescale needs at least 3 bank clips (a left-out clip, its "
+                           f"nearest and one reference), the bank holds {len(bank)}; remove knn_rescale from "
+                           "'scorers' for such data.")
         if len(bank):
-            _need(bank, 3, name=f"{name} ({domain} bank)", parameter="knn_rescale")
             references[domain] = min(k_ref, len(bank) - 2)
 
     def distance(queries: np.ndarray, domain: str, own: str | None) -> np.ndarray:

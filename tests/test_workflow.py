@@ -43,8 +43,8 @@ def test_outputs_tables_and_demo_backbone_labels(reference_run):
         for label, system in (("Demo_SynthPretrained_task2_1", "ensemble"), ("Demo_SynthPretrained_task2_2", "frozen")):
             meta = yaml.safe_load(zf.read(f"{label}/{label}.meta.yaml"))
             scores = zf.read(f"{label}/anomaly_score_Polisher_section_00_test.csv").decode().splitlines()
-            assert meta["submission"]["name"].endswith(f"({system}) (demo backbone pre-trained on synthetic sounds, "
-                                                       "not BEATs)")
+            assert meta["submission"]["name"].endswith(f"({system}, knn) (demo backbone pre-trained on synthetic "
+                                                       "sounds, not BEATs)")
             assert meta["external_datasets"] == []
             assert len(scores) == 8 and all(line.split(",")[0].startswith("section_00_") for line in scores)
             submitted = dict(line.split(",") for line in scores)

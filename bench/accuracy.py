@@ -2,8 +2,8 @@
 
 Each draw runs the demo as a user runs it, ``snakemake --cores 2 --configfile config/demo.yaml`` with the
 repository's Snakefile and the default target, from a scratch working directory
-results/bench/accuracy/<draw>/, plus an overlay that picks the draw's synthetic data (and makes a
-relative backbone.checkpoint of config/demo.yaml absolute, as the run's cwd is the scratch folder):
+results/bench/accuracy/<draw>/, plus an overlay that picks the draw's synthetic data (the workflow
+finds config/demo.yaml's relative backbone.checkpoint in the pipeline's folder):
 
 - demo:  demo_data {seed: 0, scale: demo}, the demo itself;
 - fresh: demo_data {seed: 1, scale: accuracy}, as many training clips as the demo (other sounds), 50 test
@@ -54,10 +54,7 @@ GOAL = (f"the submitted ensemble (the ensemble named in config/demo.yaml submiss
 # --- one draw ----------------------------------------------------------------------------------------
 
 def overlay(draw: str) -> dict:
-    """The draw's demo data; a relative checkpoint of config/demo.yaml made absolute against the repository."""
-    checkpoint = (yaml.safe_load(DEMO_CONFIG.read_text()).get("backbone") or {}).get("checkpoint")
-    if checkpoint and not Path(checkpoint).is_absolute():
-        return {"demo_data": DRAWS[draw], "backbone": {"checkpoint": str(REPO / checkpoint)}}
+    """The draw's demo data (a relative backbone.checkpoint is found in the pipeline's folder by the workflow)."""
     return {"demo_data": DRAWS[draw]}
 
 

@@ -184,7 +184,7 @@ def build_submission(*, zip_path: str, score_paths: list[str], dev_tables: list[
     ensembles, scoring, decision: the config sections of those names (they fill the description).
     Placeholders left in the submission settings are written, each logged as a warning.
     """
-    systems, test_files, warnings = [], {}, []
+    systems, test_files, warnings, costs = [], {}, [], {}
     checkpoint = read_epoch_checkpoint(checkpoint_path)
     backbone_note = submission_backbone_note(checkpoint["backbone"])
     work = Path(zip_path).with_suffix("")
@@ -198,7 +198,10 @@ def build_submission(*, zip_path: str, score_paths: list[str], dev_tables: list[
         system_dir = work / system["label"]
         write_system(system_dir, scores=scores, decisions=decisions)
         epochs = system_epochs(system["system"], ensembles)
-        total_parameters, macs = model_cost(checkpoint_path, backbone_settings, frozen=not epochs)
+        frozen = not epochs
+        if frozen not in costs:  # counting loads the model: once per kind (fine-tuned, frozen)
+            costs[frozen] = model_cost(checkpoint_path, backbone_settings, frozen=frozen)
+        total_parameters, macs = costs[frozen]
         scorer = system.get("scorer", next(iter(scorers)))
         description = system_description(checkpoint=checkpoint, epochs=epochs, scorer=scorers[scorer],
                                          scoring=scoring, decision=decision)

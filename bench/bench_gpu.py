@@ -40,7 +40,9 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from asd.beats import DEMO, ITER3, SAMPLE_RATE, _SelfAttention
+import asd.beats
+from asd.beats import DEMO, ITER3, SAMPLE_RATE
+from asd.gated_attention import additive_mask, gated_attention, reference_gated_attention
 from asd.config import load_config
 from asd.device import autocast
 from asd.embed import _embed_all, extract_epoch_embeddings, mean_spectrum
@@ -61,7 +63,7 @@ EMBED_ROUNDS = 2  # timed end-to-end embedding runs, after one warm-up run
 CONVERGENCE_STEPS = 30
 LOSS_DROP = 0.5  # the convergence run passes when its last loss is below this fraction of its first
 # Attention: SDPA passes when its error against a float64 reference, relative to the largest reference value,
-# is within this or at most twice the plain path's own error (bf16 rounds to 2^-9 relative).
+# is within this or at most twice the blockwise path's own error (bf16 rounds to 2^-9 relative).
 ATTENTION_TOLERANCE = {"bf16": 1e-2, "fp32": 1e-4}
 MIN_EMBEDDING_COSINE = 0.99  # bf16 against fp32 embedding of the same clip, the worst clip
 NO_CUDA = ("bench-gpu needs a usable CUDA GPU: {reason}. Run it on a GPU node (`make gpu-check` shows what torch "
@@ -325,22 +327,38 @@ def check_bf16_embeddings(job: EmbeddingJob) -> dict:
 
 
 class _FirstAttentionInputs(TorchFunctionMode):
-    """Records q, k, v and the additive mask of the first scaled_dot_product_attention call: block 0's."""
+    """Records block 0's attention inputs: q, k, v of the first scaled_dot_product_attention call, and the
+    gate, position bias and key padding its mask was built from (asd.beats.additive_mask's first call)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.inputs: tuple[torch.Tensor, ...] | None = None
+        self.qkv: tuple[torch.Tensor, ...] | None = None
+        self.mask_inputs: tuple[torch.Tensor, ...] | None = None
+        self._additive_mask = asd.beats.additive_mask
+
+    def record_mask(self, gate, position_bias, padded, dtype):
+        if self.mask_inputs is None:
+            self.mask_inputs = (gate, position_bias, None if padded is None else padded[:, 0, 0, :])
+        return self._additive_mask(gate, position_bias, padded, dtype)
+
+    def __enter__(self):
+        asd.beats.additive_mask = self.record_mask
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        asd.beats.additive_mask = self._additive_mask
+        return super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and self.inputs is None:
-            self.inputs = (*args[:3], kwargs["attn_mask"])
+        if func is F.scaled_dot_product_attention and self.qkv is None:
+            self.qkv = tuple(args[:3])
         return func(*args, **kwargs)
 
 
 def attention_inputs(sizes: Sizes, device: torch.device, precision: str) -> tuple[torch.Tensor, ...]:
-    """q, k, v [B, H, N, D] and mask [B, H, N, N] as block 0 of the backbone builds them under ``precision``,
-    on random clips, every other one with its last quarter padded (the mask's padding entries included)."""
+    """q, k, v [B, H, N, D], gate [B, H, N, 1], position bias [H, N, N] and key padding [B, N] as block 0 of
+    the backbone builds them under ``precision``, on random clips, every other one with its last quarter padded."""
     backbone, _ = build_backbone(sizes.backbone_settings)
     backbone = backbone.to(device).eval()
     fbank = torch.randn(sizes.batch, sizes.frames, NUM_MEL_BINS, device=device,
@@ -350,30 +368,36 @@ def attention_inputs(sizes: Sizes, device: torch.device, precision: str) -> tupl
     capture = _FirstAttentionInputs()
     with torch.no_grad(), autocast(device, precision), capture:  # no gradient: every device takes the SDPA call
         backbone.forward_fbank(fbank, frame_mask)
-    return capture.inputs
+    return (*capture.qkv, *capture.mask_inputs)
 
 
 def attention_and_gradients(attend: Callable, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype,
                             grad_output: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The attention output and the gradients of q, k, v and the mask for the upstream gradient ``grad_output``."""
-    leaves = [tensor.detach().to(dtype, copy=True).requires_grad_() for tensor in inputs]
-    output = attend(*leaves)
+    """The attention output and the gradients of q, k, v and the gate for the upstream gradient ``grad_output``."""
+    *trained, position_bias, padding = inputs
+    leaves = [tensor.detach().to(dtype, copy=True).requires_grad_() for tensor in trained]
+    output = attend(*leaves, position_bias.to(dtype), padding)
     gradients = torch.autograd.grad(output, leaves, grad_output.to(dtype))
-    return dict(zip(("output", "grad q", "grad k", "grad v", "grad mask"), (output.detach(), *gradients)))
+    return dict(zip(("output", "grad q", "grad k", "grad v", "grad gate"), (output.detach(), *gradients)))
+
+
+def fused_gated_attention(q, k, v, gate, position_bias, key_padding_mask):
+    """CUDA's training path: SDPA with the gated bias as a mask that needs a gradient."""
+    padded = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask(gate, position_bias, padded, q.dtype))
 
 
 def check_attention_paths(sizes: Sizes, device: torch.device) -> dict:
-    """SDPA (the CUDA training path) against _SelfAttention._attention_with_mask_gradient (the CPU training path),
-    in bf16 and fp32: their difference, and each one's error against the plain maths in float64."""
-    fused = lambda q, k, v, mask: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    plain = lambda q, k, v, mask: _SelfAttention._attention_with_mask_gradient(q, k, v, mask, 0.0)
+    """SDPA (the CUDA training path) against asd.gated_attention (the CPU training path), in bf16 and fp32:
+    their difference, and each one's error against the plain maths in float64."""
     results = {}
     for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         inputs = attention_inputs(sizes, device, precision)
         grad_output = torch.randn(inputs[2].shape, device=device, generator=torch.Generator(device).manual_seed(5))
         fused_out, plain_out, reference = (
             attention_and_gradients(attend, inputs, as_dtype, grad_output)
-            for attend, as_dtype in ((fused, dtype), (plain, dtype), (plain, torch.float64)))
+            for attend, as_dtype in ((fused_gated_attention, dtype), (gated_attention, dtype),
+                                     (reference_gated_attention, torch.float64)))
         tensors = {}
         for name, expected in reference.items():
             scale = expected.abs().max().item()
@@ -384,9 +408,9 @@ def check_attention_paths(sizes: Sizes, device: torch.device) -> dict:
                              "max_rel_difference": difference / plain_out[name].double().abs().max().item(),
                              "sdpa_error": fused_error, "plain_error": plain_error,
                              "passed": fused_error <= max(ATTENTION_TOLERANCE[precision], 2 * plain_error)}
-        q, _, _, mask = inputs
-        results[precision] = {"q_shape": list(q.shape), "mask_shape": list(mask.shape), "tensors": tensors,
-                              "passed": all(row["passed"] for row in tensors.values())}
+        q, _, _, _, position_bias, _ = inputs
+        results[precision] = {"q_shape": list(q.shape), "mask_shape": [q.shape[0], *position_bias.shape],
+                              "tensors": tensors, "passed": all(row["passed"] for row in tensors.values())}
     return results
 
 
@@ -472,14 +496,14 @@ def markdown(result: dict) -> str:
         f"- training run, {training_run['steps']} steps on one batch of {training_run['batch']} clips of 2 classes: "
         f"loss {training_run['first_loss']:.3f} -> {training_run['last_loss']:.3f} (pass: below {LOSS_DROP:g}x the "
         f"first): {pass_fail(training_run)}.",
-        "- attention, scaled_dot_product_attention (CUDA's training path) vs the plain softmax attention (the CPU's), "
-        "on block 0's q/k/v/mask, every other clip a quarter padded. Differences are max |SDPA − plain|, relative to "
-        "the plain path's largest value; errors are each path's max deviation from the plain maths in float64, "
+        "- attention, scaled_dot_product_attention (CUDA's training path) vs the blockwise gated attention (the CPU's), "
+        "on block 0's q/k/v/gate, every other clip a quarter padded. Differences are max |SDPA − blockwise|, relative to "
+        "the blockwise path's largest value; errors are each path's max deviation from the plain maths in float64, "
         "relative to its largest value. Pass: SDPA error ≤ "
         + " / ".join(f"{tolerance:g} ({precision})" for precision, tolerance in ATTENTION_TOLERANCE.items())
-        + " or ≤ 2x the plain path's.",
+        + " or ≤ 2x the blockwise path's.",
         "",
-        "| precision | tensor | max abs diff | max rel diff | SDPA error | plain error | pass |",
+        "| precision | tensor | max abs diff | max rel diff | SDPA error | blockwise error | pass |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for precision, attention in correctness["attention"].items():

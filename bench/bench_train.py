@@ -5,7 +5,8 @@ AdamW step. It runs in bf16 autocast (what ``train.precision: auto`` picks on a 
 or AMX; skipped on a CPU that would only emulate bf16) and in float32, interleaved round by round with
 the matmul peaks (bench_backbone's: several square sizes and the model's FFN shape). Work = model FLOPs of the forward
 (bench_backbone.forward_flops) + the backward's matmul FLOPs as torch.utils.flop_counter counts them
-(frozen weights get no weight gradient, so a step is ~2x, not 3x, the forward).
+(frozen weights get no weight gradient, so a step is ~2x, not 3x, the forward). The demo backbone's
+step (batch 16, as config/demo.yaml trains it) is timed in the same rounds, in clips/s.
 
     .venv/bin/python bench/bench_train.py [--batch 8] [--rounds 5] [--out results/bench/train.json]
 """
@@ -28,14 +29,16 @@ NUM_LAYERS = 4
 SUBCENTERS = [HeadConfig().arcface_subcenters] * 10 + [1] * 30
 BF16_TARGET = 0.30
 FP32_TARGET = 0.40  # the step every CPU without native bf16 trains with
+DEMO_BATCH = 16  # config/demo.yaml's
+DEMO_FP32_TARGET = 30.0  # clips/s: the demo backbone's training step in float32 (the demo's train jobs)
 
 
 class TrainStep:
     """train.py's inner step on a fixed random batch (data loading is benchmarked in bench_features)."""
 
-    def __init__(self, *, batch: int, precision: str) -> None:
+    def __init__(self, *, batch: int, precision: str, size: str = "iter3") -> None:
         torch.manual_seed(0)
-        backbone, _ = build_backbone({"checkpoint": None, "random_init_size": "iter3", "num_layers": NUM_LAYERS})
+        backbone, _ = build_backbone({"checkpoint": None, "random_init_size": size, "num_layers": NUM_LAYERS})
         self.model = ASDModel(backbone, head=HeadConfig(), subcenters=SUBCENTERS).train()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.01)
@@ -74,8 +77,10 @@ def run(*, batch: int = 8, rounds: int = 5) -> dict:
     forward = forward_flops(ITER3, num_layers=NUM_LAYERS, frames=clip_frames())
     step_flops = forward + backward  # per clip
     peak_runs = peak_workloads(dtypes, shapes=(ffn_shape(ITER3, clips=batch),))
-    timings = interleaved({**{f"step {p}": s for p, s in steps.items()}, **{n: w.run for n, w in peak_runs.items()}},
-                          rounds=rounds)
+    demo_steps = {dtype_name(dtype): TrainStep(batch=DEMO_BATCH, precision=dtype_name(dtype), size="demo")
+                  for dtype in dtypes}
+    timings = interleaved({**{f"step {p}": s for p, s in steps.items()}, **{n: w.run for n, w in peak_runs.items()},
+                           **{f"demo step {p}": s for p, s in demo_steps.items()}}, rounds=rounds)
     peaks = matmul_peaks(timings, peak_runs)
     results = {}
     for precision in steps:
@@ -93,8 +98,14 @@ def run(*, batch: int = 8, rounds: int = 5) -> dict:
         "matmul_peak": peaks,
         "step": results,
         "skipped": {} if "bf16" in steps else {"bf16": NO_NATIVE_BF16},
+        "demo_step": {precision: {"best_s": timings[f"demo step {precision}"]["best_s"],
+                                  "clips_per_s": DEMO_BATCH / timings[f"demo step {precision}"]["best_s"],
+                                  "median_clips_per_s": DEMO_BATCH / timings[f"demo step {precision}"]["median_s"]}
+                      for precision in demo_steps},
         "timings": timings,
         "targets": [peak_target("training step (fp32) / fp32 matmul peak", results["fp32"], FP32_TARGET),
+                    target(f"demo backbone training step (fp32, batch {DEMO_BATCH}, 10 s clips)",
+                           DEMO_BATCH / timings["demo step fp32"]["best_s"], DEMO_FP32_TARGET, unit="clips/s"),
                     peak_target(what, results["bf16"], BF16_TARGET) if "bf16" in results else
                     target(what, None, BF16_TARGET * 100, unit="%", no_verdict=NO_NATIVE_BF16)],
     }
@@ -116,6 +127,10 @@ def markdown(result: dict) -> str:
     for precision, row in result["step"].items():
         lines.append(f"| {precision} | {row['best_s']:.3f} | {row['clips_per_s']:.2f} | {row['gflops']:.0f} | {percent_of_peak(row)} |")
     lines += [f"| {precision} | {reason} | | | |" for precision, reason in result["skipped"].items()]
+    lines += ["", f"Demo backbone (asd.beats.DEMO: 96 wide, 4 heads, 4 blocks, LoRA r={setup['head']['lora_rank']}), "
+              f"batch {DEMO_BATCH}, 10 s clips: " + ", ".join(
+                  f"{precision} {row['clips_per_s']:.1f} clips/s (median {row['median_clips_per_s']:.1f})"
+                  for precision, row in result["demo_step"].items()) + "."]
     return "\n".join(lines)
 
 

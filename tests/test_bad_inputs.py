@@ -97,7 +97,15 @@ def overlay(tmp_path: Path, text: str) -> Path:
      "config key 'audio.channel_policy': 'left' is not one of ['refuse', 'mean', 'first']. Fix the value"),
     ("train: {epoch: 3}",
      "config key 'train': Additional properties are not allowed ('epoch' was unexpected). Remove or rename the key"),
-], ids=["negative-epochs", "wrong-type", "bad-enum", "unknown-key"])
+    ("scorers: {rescale: {method: knn_rescale, kref: 4}}",
+     "config key 'scorers.rescale': Additional properties are not allowed ('kref' was unexpected). Remove or rename the key"),
+    ("scorers: {rescale: {method: knn_rescale}}",
+     "config key 'scorers.rescale': 'k_ref' is a required property. Fix the value"),
+    ("scorers: {rescale: {method: knnrescale, k_ref: 4}}",
+     "config key 'scorers.rescale.method': 'knnrescale' is not one of ['knn', 'knn_rescale', 'target_mixup', 'kmeans']. "
+     "Fix the value"),
+], ids=["negative-epochs", "wrong-type", "bad-enum", "unknown-key", "scorer-unknown-parameter",
+        "scorer-missing-parameter", "scorer-unknown-method"])
 def test_bad_config_value_names_key_and_schema(tmp_path, text, message):
     path = overlay(tmp_path, text)
     with pytest.raises(AsdError) as error:

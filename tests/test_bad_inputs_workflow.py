@@ -126,6 +126,9 @@ CONFIG_CASES = {
     "unknown-key": ("train: {epoch: 3}",
                     f"{SOURCE}: config key 'train': Additional properties are not allowed ('epoch' was unexpected). "
                     f"Remove or rename the key {SCHEMA}"),
+    "scorer-unknown-parameter": ("scorers: {rescale: {method: knn_rescale, kref: 4}}",
+                                 f"{SOURCE}: config key 'scorers.rescale': Additional properties are not allowed "
+                                 f"('kref' was unexpected). Remove or rename the key {SCHEMA}"),
     "fold-machine-type-not-in-dataset": (
         "folds: {dev: {dataset: dev, machine_types: [pump]}}",
         f"{SOURCE}: config key 'folds.dev.machine_types' names ['pump'], which are not machine types of dataset "

@@ -5,7 +5,8 @@ Loads the official microsoft/unilm BEATs checkpoints (``{'cfg', 'model'}``) with
 float32). Differences from the reference are speed-only (bench/bench_backbone.py measures them):
 
 - attention runs through ``scaled_dot_product_attention`` with the gated relative position bias
-  as an additive mask in the compute dtype, built from a contiguous [H, N, N] bias table;
+  as an additive mask in the compute dtype, built from a contiguous [H, N, N] bias table; when
+  the gate trains on a CPU, through the blockwise ``asd.gated_attention`` instead;
 - the convolutional position embedding is evaluated by FFT (same result within float32 rounding);
 - tables that depend only on frozen weights (weight-normalised conv kernel spectrum, position
   bias) are cached until those weights change, and the bucket table per sequence length;
@@ -32,6 +33,7 @@ import torchaudio.compliance.kaldi as kaldi
 from torch import Tensor, nn
 
 from asd.errors import AsdError
+from asd.gated_attention import additive_mask, gated_attention
 
 SAMPLE_RATE = 16000
 NUM_MEL_BINS = 128
@@ -344,30 +346,15 @@ class _SelfAttention(nn.Module):
         gate_logits = F.linear(q, gate_weight, self.grep_linear.bias.view(2, 4).sum(1))  # [B, H, N, 2]
         gate_a, gate_b = torch.sigmoid(gate_logits.float()).chunk(2, dim=-1)  # each [B, H, N, 1]
         gate = gate_a * (gate_b * self.grep_a.float() - 1.0) + 2.0
-        # One pass writes the [B, H, N, N] mask straight in the bias's (compute) dtype.
-        attn_mask = (gate.to(position_bias.dtype) * position_bias).to(q.dtype)  # [B, H, N, N] additive float mask
-        if key_padding_mask is not None:
-            # Finite minimum instead of -inf: identical weights, but no NaN if a whole clip is padding.
-            attn_mask.masked_fill_(key_padding_mask[:, None, None, :], torch.finfo(q.dtype).min)
         dropout = self.dropout if self.training else 0.0
-        if attn_mask.requires_grad and not q.is_cuda:
-            attended = self._attention_with_mask_gradient(q, k, v, attn_mask, dropout)
+        if (gate.requires_grad or position_bias.requires_grad) and not q.is_cuda and dropout == 0.0:
+            # The mask trains (LoRA on q_proj trains the gate): SDPA's fused CPU kernel cannot return its gradient.
+            attended = gated_attention(q, k, v, gate, position_bias, key_padding_mask)  # [B, H, N, D]
         else:  # on CUDA the memory-efficient kernel also returns the mask's gradient
+            padded = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # [B, 1, 1, N]
+            attn_mask = additive_mask(gate, position_bias, padded, q.dtype)  # [B, H, N, N]
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)  # [B, H, N, D]
         return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, dim))
-
-    @staticmethod
-    def _attention_with_mask_gradient(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor, dropout: float) -> Tensor:
-        """Plain softmax attention, for when the mask needs a gradient (LoRA on q_proj trains the gate).
-
-        SDPA's fused CPU kernel cannot return a mask gradient, and its generic fallback is ~2.5x slower
-        in bf16 (extra casts and -inf handling that a finite mask never needs); this is the same maths.
-        """
-        batch, heads, tokens, head_dim = q.shape
-        flat = lambda t: t.reshape(batch * heads, tokens, -1)  # [B, H, N, X] -> [B·H, N, X]
-        scores = torch.baddbmm(flat(attn_mask), flat(q), flat(k).transpose(1, 2), alpha=head_dim**-0.5)  # [B·H, N, N]
-        probs = F.dropout(scores.softmax(dim=-1), dropout)
-        return torch.bmm(probs, flat(v)).view(batch, heads, tokens, head_dim)  # [B, H, N, D]
 
 
 class _EncoderLayer(nn.Module):

@@ -37,12 +37,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import asd.beats
 from asd.beats import DEMO, ITER3, SAMPLE_RATE
-from asd.gated_attention import additive_mask, gated_attention, reference_gated_attention
+from asd.gated_attention import fused_gated_attention, gated_attention, reference_gated_attention
 from asd.config import load_config
 from asd.device import autocast
 from asd.embed import _embed_all, extract_epoch_embeddings, mean_spectrum
@@ -50,7 +49,7 @@ from asd.features import FLUSH_EVERY, NUM_MEL_BINS, load_features, num_frames
 from asd.io import write_json, write_text
 from asd.model import ASDModel, HeadConfig, build_backbone, checkpoint_dict, load_epoch_checkpoint
 from asd.store import load_embeddings, write_manifest_group
-from asd.train import spec_augment
+from asd.train import optimisation_step, prepare_batch
 from bench_backbone import clip_tokens
 from bench_train import NUM_LAYERS, SUBCENTERS
 from common import (REPO, RESULTS, PeakWorkload, fraction_of_peak, machine, matmul_peaks, peak_target, peaks_text,
@@ -165,8 +164,9 @@ def measure_matmul_peak(sizes: Sizes, device: torch.device) -> dict:
 
 
 class TrainingStep:
-    """train.py's inner step on a fixed batch: SpecAugment on the CPU, a pinned copy to the device, the forward
-    under bf16 autocast, the loss check (a sync, as in train.py), backward through the LoRA adapters, fused AdamW."""
+    """train.py's inner step on a fixed batch (asd.train.prepare_batch and optimisation_step): SpecAugment on the
+    CPU and a pinned copy to the device, prepared while the device runs the previous step; the forward under bf16
+    autocast, backward through the LoRA adapters, fused AdamW; the loss read back (a sync, as in train.py)."""
 
     def __init__(self, sizes: Sizes, device: torch.device, settings: dict, *, fbank: torch.Tensor,
                  labels: torch.Tensor, subcenters: list[int]) -> None:
@@ -178,37 +178,33 @@ class TrainingStep:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=train["learning_rate"], weight_decay=train["weight_decay"],
                                            fused=True)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling
         self.masks = {"time_mask": train["time_mask"], "freq_mask": train["freq_mask"]}
         self.fbank, self.labels, self.device = fbank, labels, device  # fbank in the feature cache's dtype, on the CPU
         self.frame_mask = torch.zeros(fbank.shape[:2], dtype=torch.bool)  # full-length clips: nothing padded
         self.generator = torch.Generator().manual_seed(train["seed"])
+        self.next_batch: tuple[torch.Tensor, ...] | None = None
 
     def device_batch(self) -> tuple[torch.Tensor, ...]:
-        x = spec_augment(self.fbank.float(), (~self.frame_mask).sum(dim=1), generator=self.generator, **self.masks)
-        pin = self.device.type == "cuda"
-        return tuple(t.pin_memory().to(self.device, non_blocking=True) if pin else t
-                     for t in (x, self.frame_mask, self.labels))
-
-    def loss(self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, "bf16"):
-            loss, _ = self.model(x, mask, labels)
-        return loss
+        return prepare_batch(self.fbank, self.frame_mask, self.labels, generator=self.generator, device=self.device,
+                             **self.masks)
 
     def __call__(self) -> float:
-        loss = self.loss(*self.device_batch())
+        batch = self.next_batch or self.device_batch()
+        loss, _ = optimisation_step(self.model, self.optimizer, self.scaler, batch, device=self.device,
+                                    precision="bf16")
+        self.next_batch = self.device_batch()
         if not torch.isfinite(loss):
             raise RuntimeError(f"the training loss became {loss.item()}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
         return loss.item()
 
     def counted_flops(self) -> float:
         """FLOPs of one forward + backward as FlopCounterMode counts them (matmuls, convolutions, attention;
         not the FFT position convolution nor element-wise work)."""
-        batch = self.device_batch()
-        with FlopCounterMode(display=False) as counter:
-            self.loss(*batch).backward()
+        x, mask, labels = self.device_batch()
+        with FlopCounterMode(display=False) as counter, autocast(self.device, "bf16"):
+            loss, _ = self.model(x, mask, labels)
+            loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
         return float(counter.get_total_flops())
 
@@ -326,34 +322,31 @@ def check_bf16_embeddings(job: EmbeddingJob) -> dict:
             "passed": cosine.min().item() >= MIN_EMBEDDING_COSINE}
 
 
-class _FirstAttentionInputs(TorchFunctionMode):
-    """Records block 0's attention inputs: q, k, v of the first scaled_dot_product_attention call, and the
-    gate, position bias and key padding its mask was built from (asd.beats.additive_mask's first call)."""
+class _FirstAttentionInputs:
+    """Records the arguments of block 0's attention call (q, k, v, gate, position bias, key padding), whichever
+    path the device takes (asd.beats calls gated_attention on CPUs, fused_gated_attention on GPUs)."""
+
+    PATHS = ("gated_attention", "fused_gated_attention")
 
     def __init__(self) -> None:
-        super().__init__()
-        self.qkv: tuple[torch.Tensor, ...] | None = None
-        self.mask_inputs: tuple[torch.Tensor, ...] | None = None
-        self._additive_mask = asd.beats.additive_mask
+        self.inputs: tuple[torch.Tensor | None, ...] | None = None
+        self._originals = {name: getattr(asd.beats, name) for name in self.PATHS}
 
-    def record_mask(self, gate, position_bias, padded, dtype):
-        if self.mask_inputs is None:
-            self.mask_inputs = (gate, position_bias, None if padded is None else padded[:, 0, 0, :])
-        return self._additive_mask(gate, position_bias, padded, dtype)
+    def _recorder(self, name: str) -> Callable:
+        def record(*args, **kwargs):
+            if self.inputs is None:
+                self.inputs = tuple(args[:6])
+            return self._originals[name](*args, **kwargs)
+        return record
 
     def __enter__(self):
-        asd.beats.additive_mask = self.record_mask
-        return super().__enter__()
+        for name in self.PATHS:
+            setattr(asd.beats, name, self._recorder(name))
+        return self
 
-    def __exit__(self, *exc):
-        asd.beats.additive_mask = self._additive_mask
-        return super().__exit__(*exc)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and self.qkv is None:
-            self.qkv = tuple(args[:3])
-        return func(*args, **kwargs)
+    def __exit__(self, *exc) -> None:
+        for name, original in self._originals.items():
+            setattr(asd.beats, name, original)
 
 
 def attention_inputs(sizes: Sizes, device: torch.device, precision: str) -> tuple[torch.Tensor, ...]:
@@ -366,9 +359,9 @@ def attention_inputs(sizes: Sizes, device: torch.device, precision: str) -> tupl
     frame_mask = torch.zeros(sizes.batch, sizes.frames, dtype=torch.bool, device=device)
     frame_mask[1::2, -sizes.frames // 4:] = True
     capture = _FirstAttentionInputs()
-    with torch.no_grad(), autocast(device, precision), capture:  # no gradient: every device takes the SDPA call
+    with torch.no_grad(), autocast(device, precision), capture:
         backbone.forward_fbank(fbank, frame_mask)
-    return (*capture.qkv, *capture.mask_inputs)
+    return capture.inputs
 
 
 def attention_and_gradients(attend: Callable, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype,
@@ -379,12 +372,6 @@ def attention_and_gradients(attend: Callable, inputs: tuple[torch.Tensor, ...], 
     output = attend(*leaves, position_bias.to(dtype), padding)
     gradients = torch.autograd.grad(output, leaves, grad_output.to(dtype))
     return dict(zip(("output", "grad q", "grad k", "grad v", "grad gate"), (output.detach(), *gradients)))
-
-
-def fused_gated_attention(q, k, v, gate, position_bias, key_padding_mask):
-    """CUDA's training path: SDPA with the gated bias as a mask that needs a gradient."""
-    padded = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask(gate, position_bias, padded, q.dtype))
 
 
 def check_attention_paths(sizes: Sizes, device: torch.device) -> dict:

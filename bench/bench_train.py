@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from asd.beats import ITER3
 from asd.device import autocast
 from asd.model import ASDModel, HeadConfig, build_backbone
+from asd.train import optimisation_step
 from bench_backbone import clip_frames, ffn_shape, forward_flops
 from common import (NO_NATIVE_BF16, benchmark_dtypes, dtype_name, fraction_of_peak, interleaved, machine, matmul_peaks,
                     peak_target, peak_workloads, peaks_text, percent_of_peak, standalone, target)
@@ -41,12 +42,13 @@ class TrainStep:
         backbone, _ = build_backbone({"checkpoint": None, "random_init_size": size, "num_layers": NUM_LAYERS})
         self.model = ASDModel(backbone, head=HeadConfig(), subcenters=SUBCENTERS).train()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.01)
+        self.optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.01, fused=True)  # as train.py
         generator = torch.Generator().manual_seed(1)
         self.fbank = torch.randn(batch, clip_frames(), 128, generator=generator)  # [B, F, 128]
         self.mask = torch.zeros(batch, clip_frames(), dtype=torch.bool)  # 10 s clips: nothing padded
         self.labels = torch.randint(len(SUBCENTERS), (batch,), generator=generator)
         self.precision, self.device = precision, torch.device("cpu")
+        self.scaler = torch.amp.GradScaler("cpu", enabled=False)  # fp32 / bf16: no loss scaling
 
     def forward(self) -> torch.Tensor:
         with autocast(self.device, self.precision):
@@ -54,10 +56,8 @@ class TrainStep:
         return loss
 
     def __call__(self) -> float:
-        loss = self.forward()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        loss, _ = optimisation_step(self.model, self.optimizer, self.scaler, (self.fbank, self.mask, self.labels),
+                                    device=self.device, precision=self.precision)
         return loss.item()
 
     def backward_flops(self) -> float:

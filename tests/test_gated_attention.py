@@ -11,12 +11,6 @@ import asd.gated_attention as gated
 from asd.beats import _SelfAttention
 
 
-def sdpa_attention(q, k, v, gate, position_bias, key_padding_mask):
-    """The fused path as _SelfAttention takes it on CUDA and for inference."""
-    padded = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=gated.additive_mask(gate, position_bias, padded, q.dtype))
-
-
 def inputs(*, batch=3, heads=4, tokens=40, head_dim=8, dtype=torch.float32, seed=0):
     generator = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(batch, heads, tokens, head_dim, generator=generator) for _ in range(3))
@@ -60,7 +54,7 @@ def test_bf16_is_as_close_to_float64_as_the_fused_path():
     tensors = inputs(tokens=64, head_dim=16)
     reference = output_and_gradients(gated.reference_gated_attention, tensors, torch.float64)
     blockwise = output_and_gradients(gated.gated_attention, tensors, torch.bfloat16)
-    fused = output_and_gradients(sdpa_attention, tensors, torch.bfloat16)
+    fused = output_and_gradients(gated.fused_gated_attention, tensors, torch.bfloat16)
     for name, got, other, expected in zip(("output", "q", "k", "v", "gate", "position_bias"), blockwise, fused, reference):
         error = lambda t: ((t.double() - expected).abs().max() / expected.abs().max()).item()
         assert got.dtype == torch.bfloat16
@@ -105,7 +99,7 @@ def test_self_attention_training_on_cpu_takes_the_blockwise_path_and_equals_the_
                                                                 layer.v_proj.weight))]
 
     blockwise = run(lambda *a: calls.append("blockwise") or gated.gated_attention(*a))
-    fused = run(lambda *a: calls.append("fused") or sdpa_attention(*a))
+    fused = run(lambda *a: calls.append("fused") or gated.fused_gated_attention(*a))
     assert calls == ["blockwise", "fused"]
     for got, expected in zip(blockwise, fused):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

@@ -5,8 +5,8 @@ Loads the official microsoft/unilm BEATs checkpoints (``{'cfg', 'model'}``) with
 float32). Differences from the reference are speed-only (bench/bench_backbone.py measures them):
 
 - attention runs through ``scaled_dot_product_attention`` with the gated relative position bias
-  as an additive mask in the compute dtype, built from a contiguous [H, N, N] bias table; when
-  the gate trains on a CPU, through the blockwise ``asd.gated_attention`` instead;
+  as an additive mask in the compute dtype, built from a contiguous [H, N, N] bias table, on
+  GPUs; on CPUs through the blockwise ``asd.gated_attention`` (same maths, cache-sized blocks);
 - the convolutional position embedding is evaluated by FFT (same result within float32 rounding);
 - tables that depend only on frozen weights (weight-normalised conv kernel spectrum, position
   bias) are cached until those weights change, and the bucket table per sequence length;
@@ -33,7 +33,7 @@ import torchaudio.compliance.kaldi as kaldi
 from torch import Tensor, nn
 
 from asd.errors import AsdError
-from asd.gated_attention import additive_mask, gated_attention
+from asd.gated_attention import fused_gated_attention, gated_attention
 
 SAMPLE_RATE = 16000
 NUM_MEL_BINS = 128
@@ -347,13 +347,12 @@ class _SelfAttention(nn.Module):
         gate_a, gate_b = torch.sigmoid(gate_logits.float()).chunk(2, dim=-1)  # each [B, H, N, 1]
         gate = gate_a * (gate_b * self.grep_a.float() - 1.0) + 2.0
         dropout = self.dropout if self.training else 0.0
-        if (gate.requires_grad or position_bias.requires_grad) and not q.is_cuda and dropout == 0.0:
-            # The mask trains (LoRA on q_proj trains the gate): SDPA's fused CPU kernel cannot return its gradient.
+        if not q.is_cuda and dropout == 0.0:
+            # CPUs: a few heads at a time, the mask never materialised for the whole batch (SDPA's fused CPU
+            # kernel cannot return the gradient of a trained gate, and reads a [B, H, N, N] mask at inference).
             attended = gated_attention(q, k, v, gate, position_bias, key_padding_mask)  # [B, H, N, D]
-        else:  # on CUDA the memory-efficient kernel also returns the mask's gradient
-            padded = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # [B, 1, 1, N]
-            attn_mask = additive_mask(gate, position_bias, padded, q.dtype)  # [B, H, N, N]
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)  # [B, H, N, D]
+        else:
+            attended = fused_gated_attention(q, k, v, gate, position_bias, key_padding_mask, dropout=dropout)
         return self.out_proj(attended.transpose(1, 2).reshape(batch, tokens, dim))
 
 

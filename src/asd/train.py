@@ -64,6 +64,34 @@ def learning_rate(step: int, *, total: int, warmup: int, peak: float, floor: flo
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def prepare_batch(fbank: torch.Tensor, frame_mask: torch.Tensor, labels: torch.Tensor, *, time_mask: int,
+                  freq_mask: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """SpecAugment one gathered batch on the CPU and copy it (asynchronously to a GPU, from pinned memory).
+
+    fbank [B, frames, 128] in the feature cache's dtype, frame_mask [B, frames] (True = padding), labels [B]
+    -> (x float32, frame_mask, labels) on ``device``.
+    """
+    x = spec_augment(fbank.float(), (~frame_mask).sum(dim=1), time_mask=time_mask, freq_mask=freq_mask,
+                     generator=generator)
+    pin = device.type == "cuda"
+    return tuple(t.pin_memory().to(device, non_blocking=True) if pin else t for t in (x, frame_mask, labels))
+
+
+def optimisation_step(model: ASDModel, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                      batch: tuple[torch.Tensor, ...], *, device: torch.device,
+                      precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward under ``precision``, backward, optimiser step -> (loss, logits), still on the device: nothing
+    here waits for a GPU, so the caller can prepare the next batch meanwhile."""
+    x, mask, labels = batch
+    with autocast(device, precision):
+        loss, logits = model(x, mask, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, logits
+
+
 def _fold_data(feature_paths: list[str]):
     sets = [load_features(p, splits=["train"]) for p in feature_paths]
     manifest = pd.concat([s.manifest for s in sets], ignore_index=True)
@@ -94,7 +122,6 @@ def train_fold(*, fold: str, feature_paths: list[str], checkpoint_paths: list[st
     classes, hidden = label_map(manifest)
     labels = torch.tensor([classes.index(c) for c in class_names(manifest)])
     subcenters = [head.arcface_subcenters if h else 1 for h in hidden]
-    valid_frames = (~frame_mask).sum(dim=1)
 
     device = resolve_device(train_cfg["device"])
     precision = resolve_precision(train_cfg["precision"], device)
@@ -130,13 +157,9 @@ def train_fold(*, fold: str, feature_paths: list[str], checkpoint_paths: list[st
         correct = torch.zeros((), dtype=torch.long, device=device)
 
         def batch(step_in_epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            """Gather, SpecAugment and copy one batch (asynchronously to a GPU, from pinned memory)."""
             idx = order[step_in_epoch * batch_size:(step_in_epoch + 1) * batch_size]
-            x = spec_augment(fbank[idx].float(), valid_frames[idx], time_mask=train_cfg["time_mask"],
-                             freq_mask=train_cfg["freq_mask"], generator=generator)
-            pin = device.type == "cuda"
-            return tuple(t.pin_memory().to(device, non_blocking=True) if pin else t
-                         for t in (x, frame_mask[idx], labels[idx]))
+            return prepare_batch(fbank[idx], frame_mask[idx], labels[idx], time_mask=train_cfg["time_mask"],
+                                 freq_mask=train_cfg["freq_mask"], generator=generator, device=device)
 
         bar = tqdm(range(steps_per_epoch), desc=f"{fold} epoch {epoch}/{epochs}", unit="step")
         next_batch = batch(0)
@@ -147,12 +170,7 @@ def train_fold(*, fold: str, feature_paths: list[str], checkpoint_paths: list[st
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, mask, y = next_batch
-            with autocast(device, precision):
-                loss, logits = model(x, mask, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss, logits = optimisation_step(model, optimizer, scaler, next_batch, device=device, precision=precision)
             correct += (logits.argmax(dim=1) == y).sum()
             # Nothing above waits for a GPU: the next batch is prepared on the CPU while this step runs there.
             if step_in_epoch + 1 < steps_per_epoch:

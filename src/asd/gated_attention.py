@@ -102,7 +102,7 @@ class _BlockwiseGatedAttention(torch.autograd.Function):
             for clip, hs in _blocks(batch, heads, group):
                 padded = None if key_padding_mask is None else key_padding_mask[clip].view(1, 1, tokens)
                 probs = _scores(q[clip, hs], k[clip, hs], gate[clip, hs], position_bias[hs], padded).softmax(-1)
-                out[clip, hs] = torch.bmm(probs, v[clip, hs])
+                torch.bmm(probs, v[clip, hs], out=out[clip, hs])  # straight into the output's slab: no copy
         ctx.save_for_backward(q, k, v, gate, position_bias, out, key_padding_mask)
         ctx.group = group
         return out
@@ -126,14 +126,14 @@ class _BlockwiseGatedAttention(torch.autograd.Function):
                 q_b, k_b, v_b, dout_b = q[clip, hs], k[clip, hs], v[clip, hs], grad_out[clip, hs]  # [h, N, D]
                 probs = _scores(q_b, k_b, gate[clip, hs], position_bias[hs], padded).softmax(-1)  # [h, N, N]
                 if need_v:
-                    grads[2][clip, hs] = torch.bmm(probs.transpose(1, 2), dout_b)
+                    torch.bmm(probs.transpose(1, 2), dout_b, out=grads[2][clip, hs])
                 grad_scores = torch.bmm(dout_b, v_b.transpose(1, 2)).sub_(row_dot[clip, hs]).mul_(probs)  # [h, N, N]
                 if need_gate:
                     grad_gate[clip, hs] = (grad_scores * position_bias[hs]).sum(-1, keepdim=True).to(gate.dtype)
                 if need_bias:
                     grad_bias[hs] += grad_scores * gate[clip, hs]
                 if need_q:
-                    grads[0][clip, hs] = torch.bmm(grad_scores, k_b).mul_(scale)
+                    torch.bmm(grad_scores, k_b, out=grads[0][clip, hs]).mul_(scale)
                 if need_k:
-                    grads[1][clip, hs] = torch.bmm(grad_scores.transpose(1, 2), q_b).mul_(scale)
+                    torch.bmm(grad_scores.transpose(1, 2), q_b, out=grads[1][clip, hs]).mul_(scale)
         return *grads, grad_gate, None if grad_bias is None else grad_bias.to(position_bias.dtype), None

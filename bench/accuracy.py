@@ -12,7 +12,7 @@ finds config/demo.yaml's relative backbone.checkpoint in the pipeline's folder):
 Per draw and evaluated fold, on the same test clips: each score set's (system, or system@scorer) official
 score, AUC-S, AUC-T and pAUC (the "All (hmean)" column of its Table 1, from every
 results/metrics/<fold>/<score set>.json there is), the
-bootstrap sd of its official score (asd.metrics.bootstrap_official_score over its score CSVs), and the
+bootstrap sd of its official score (asd.evaluation.metrics.bootstrap_official_score over its score CSVs), and the
 same for a log-mel 1-NN: per clip the mean ‖ std of its real (unpadded) cached fbank frames, scored by
 the cosine distance to the nearest training clip of its machine type (source and target pooled,
 supplemental clips left out). The goal (GOAL) is checked per draw on every evaluated fold, against the
@@ -36,11 +36,11 @@ import pandas as pd
 import yaml
 
 import asd.config as cfg
-from asd.dataset import apply_ground_truth
-from asd.features import load_features
+from asd.data.dataset import apply_ground_truth
+from asd.data.features import load_features
 from asd.io import write_json, write_text
-from asd.metrics import AlignedSection, align_section, bootstrap_official_score, section_metrics
-from asd.tables import ALL, labelled_test_scores, table_one
+from asd.evaluation.metrics import AlignedSection, align_section, bootstrap_official_score, section_metrics
+from asd.evaluation.tables import ALL, labelled_test_scores, table_one
 from common import REPO, RESULTS, machine, run_snakemake
 
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
@@ -59,7 +59,7 @@ def overlay(draw: str) -> dict:
 
 
 def aligned(test: pd.DataFrame, machine_type: str) -> AlignedSection:
-    """Labelled test rows [file, label, domain, score] of one machine type, paired as asd.tables pairs them."""
+    """Labelled test rows [file, label, domain, score] of one machine type, paired as asd.evaluation.tables pairs them."""
     truth = pd.DataFrame({"machine": machine_type, "section": "00", "file": test["file"],
                           "label": (test["label"] == "anomaly").astype(int), "domain": test["domain"]})
     return align_section(test[["file", "score"]], None, truth)

@@ -17,8 +17,8 @@ import copy
 
 import torch
 
-from asd.beats import ITER3, SAMPLE_RATE, BEATsConfig, load_beats
-from asd.features import num_frames
+from asd.model.beats import ITER3, SAMPLE_RATE, BEATsConfig, load_beats
+from asd.data.features import num_frames
 from common import (NO_NATIVE_BF16, benchmark_dtypes, fraction_of_peak, interleaved, machine, matmul_peaks, peak_target,
                     peak_workloads, peaks_text, percent_of_peak, standalone, target)
 

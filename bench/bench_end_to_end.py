@@ -12,8 +12,8 @@ snakemake.script.PythonScript.generate_preamble), then ``from asd.rules import <
 ``from asd.X import`` lines of that rule's function in src/asd/rules.py (read from its source, so the
 figure follows the rules as they change). Per rule: start-up = jobs × one job's start-up; work = wall
 minus start-up. Two fixed jobs are timed the same way, for the start-up goal: a light job (bank,
-KNN, ensemble, metrics, tables: ``asd.rules``, ``asd.scoring``, ``asd.tables``; at most 1.5 s) and,
-apart, a torch job (``asd.rules``, ``asd.train``). Snakemake's own time (parsing, DAG, scheduling;
+KNN, ensemble, metrics, tables: ``asd.rules``, ``asd.scoring.score``, ``asd.evaluation.tables``; at most 1.5 s) and,
+apart, a torch job (``asd.rules``, ``asd.model.train``). Snakemake's own time (parsing, DAG, scheduling;
 no job running) is the demo's wall time not covered by any job's benchmark interval (a file's time
 minus its duration to that time).
 
@@ -39,7 +39,7 @@ import pandas as pd
 from common import REPO, interleaved, machine, run_snakemake, standalone, target
 
 WALL_TARGET_S = 120.0
-LIGHT_JOB, TORCH_JOB = ("asd.rules", "asd.scoring", "asd.tables"), ("asd.rules", "asd.train")
+LIGHT_JOB, TORCH_JOB = ("asd.rules", "asd.scoring.score", "asd.evaluation.tables"), ("asd.rules", "asd.model.train")
 LIGHT_STARTUP_TARGET_S = 1.5
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
 

@@ -1,7 +1,7 @@
 """Benchmark: the fbank cache. WAV -> fbank -> HDF5 throughput, and an epoch's data loading from
 HDF5 (train.py's path) against computing fbank on the fly, both against a training step.
 
-Generated 10 s, 16 kHz, 16-bit WAVs (tones + noise) go through ``asd.features.cache_features``.
+Generated 10 s, 16 kHz, 16-bit WAVs (tones + noise) go through ``asd.data.features.cache_features``.
 The HDF5 data time of an epoch counts ``load_features`` (train.py does it once per run; counted
 here in every epoch, a pessimistic bound) plus, per batch, ``fbank[idx].float()`` and
 ``spec_augment`` exactly as train.py does; on the fly means WAV read + crop/pad + ``fbank`` per clip.
@@ -21,12 +21,12 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from asd.audio import load_audio
-from asd.beats import SAMPLE_RATE, fbank
-from asd.dataset import MANIFEST_COLUMNS
+from asd.data.audio import load_audio
+from asd.model.beats import SAMPLE_RATE, fbank
+from asd.data.dataset import MANIFEST_COLUMNS
 from asd.device import resolve_precision
-from asd.features import cache_features, crop_or_pad, load_features
-from asd.train import spec_augment
+from asd.data.features import cache_features, crop_or_pad, load_features
+from asd.model.train import spec_augment
 from bench_train import TrainStep
 from common import interleaved, machine, standalone, target
 

@@ -9,7 +9,7 @@ model / train / embed / features settings of config.yaml, 10 s clips = 998 frame
 2. train.py's step at batch 32 (SpecAugment on the CPU, pinned copy, bf16 autocast forward, the loss check,
    backward through the LoRA adapters, fused AdamW): clips/s, its forward + backward FLOPs as
    FlopCounterMode counts them against the peak, and peak GPU memory;
-3. embedding throughput of asd.embed.extract_epoch_embeddings end to end, as the 'embed' rule runs it: an
+3. embedding throughput of asd.model.embed.extract_epoch_embeddings end to end, as the 'embed' rule runs it: an
    epoch checkpoint loaded with its LoRA merged, every clip of a synthetic HDF5 feature cache read, embedded
    in bf16 and written;
 4. correctness on the device: scaled_dot_product_attention (the CUDA training path, the mask needing a
@@ -39,17 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import asd.beats
-from asd.beats import DEMO, ITER3, SAMPLE_RATE
-from asd.gated_attention import fused_gated_attention, gated_attention, reference_gated_attention
+import asd.model.beats
+from asd.model.beats import DEMO, ITER3, SAMPLE_RATE
+from asd.model.gated_attention import fused_gated_attention, gated_attention, reference_gated_attention
 from asd.config import load_config
 from asd.device import autocast
-from asd.embed import _embed_all, extract_epoch_embeddings, mean_spectrum
-from asd.features import FLUSH_EVERY, NUM_MEL_BINS, load_features, num_frames
+from asd.model.embed import _embed_all, extract_epoch_embeddings, mean_spectrum
+from asd.data.features import FLUSH_EVERY, NUM_MEL_BINS, load_features, num_frames
 from asd.io import write_json, write_text
-from asd.model import ASDModel, HeadConfig, build_backbone, checkpoint_dict, load_epoch_checkpoint
+from asd.model.asd_model import ASDModel, HeadConfig, build_backbone, checkpoint_dict, load_epoch_checkpoint
 from asd.store import load_embeddings, write_manifest_group
-from asd.train import optimisation_step, prepare_batch
+from asd.model.train import optimisation_step, prepare_batch
 from bench_backbone import clip_tokens
 from bench_train import NUM_LAYERS, SUBCENTERS
 from common import (REPO, RESULTS, PeakWorkload, fraction_of_peak, machine, matmul_peaks, peak_target, peaks_text,
@@ -164,7 +164,7 @@ def measure_matmul_peak(sizes: Sizes, device: torch.device) -> dict:
 
 
 class TrainingStep:
-    """train.py's inner step on a fixed batch (asd.train.prepare_batch and optimisation_step): SpecAugment on the
+    """train.py's inner step on a fixed batch (asd.model.train.prepare_batch and optimisation_step): SpecAugment on the
     CPU and a pinned copy to the device, prepared while the device runs the previous step; the forward under bf16
     autocast, backward through the LoRA adapters, fused AdamW; the loss read back (a sync, as in train.py)."""
 
@@ -253,7 +253,7 @@ def check_training_converges(sizes: Sizes, device: torch.device, settings: dict)
 
 
 def write_feature_cache(path: Path, *, clips: int, frames: int, dtype: str, clip_seconds: float) -> None:
-    """A synthetic feature file in the layout asd.features.cache_features writes and load_features reads:
+    """A synthetic feature file in the layout asd.data.features.cache_features writes and load_features reads:
     full-length clips of random fbank (one block repeated: only its size matters here)."""
     block = np.random.default_rng(3).standard_normal((FLUSH_EVERY, frames, NUM_MEL_BINS)).astype(dtype)
     manifest = pd.DataFrame({"machine": "synthetic", "section": "00", "split": "test", "domain": "source",
@@ -271,7 +271,7 @@ def write_feature_cache(path: Path, *, clips: int, frames: int, dtype: str, clip
 
 
 class EmbeddingJob:
-    """asd.embed.extract_epoch_embeddings as the 'embed' rule runs it: one epoch checkpoint, one feature file."""
+    """asd.model.embed.extract_epoch_embeddings as the 'embed' rule runs it: one epoch checkpoint, one feature file."""
 
     def __init__(self, workdir: Path, sizes: Sizes, device: torch.device, settings: dict, step: TrainingStep) -> None:
         self.workdir, self.sizes, self.device, self.settings = workdir, sizes, device, settings
@@ -324,13 +324,13 @@ def check_bf16_embeddings(job: EmbeddingJob) -> dict:
 
 class _FirstAttentionInputs:
     """Records the arguments of block 0's attention call (q, k, v, gate, position bias, key padding), whichever
-    path the device takes (asd.beats calls gated_attention on CPUs, fused_gated_attention on GPUs)."""
+    path the device takes (asd.model.beats calls gated_attention on CPUs, fused_gated_attention on GPUs)."""
 
     PATHS = ("gated_attention", "fused_gated_attention")
 
     def __init__(self) -> None:
         self.inputs: tuple[torch.Tensor | None, ...] | None = None
-        self._originals = {name: getattr(asd.beats, name) for name in self.PATHS}
+        self._originals = {name: getattr(asd.model.beats, name) for name in self.PATHS}
 
     def _recorder(self, name: str) -> Callable:
         def record(*args, **kwargs):
@@ -341,12 +341,12 @@ class _FirstAttentionInputs:
 
     def __enter__(self):
         for name in self.PATHS:
-            setattr(asd.beats, name, self._recorder(name))
+            setattr(asd.model.beats, name, self._recorder(name))
         return self
 
     def __exit__(self, *exc) -> None:
         for name, original in self._originals.items():
-            setattr(asd.beats, name, original)
+            setattr(asd.model.beats, name, original)
 
 
 def attention_inputs(sizes: Sizes, device: torch.device, precision: str) -> tuple[torch.Tensor, ...]:
@@ -375,7 +375,7 @@ def attention_and_gradients(attend: Callable, inputs: tuple[torch.Tensor, ...], 
 
 
 def check_attention_paths(sizes: Sizes, device: torch.device) -> dict:
-    """SDPA (the CUDA training path) against asd.gated_attention (the CPU training path), in bf16 and fp32:
+    """SDPA (the CUDA training path) against asd.model.gated_attention (the CPU training path), in bf16 and fp32:
     their difference, and each one's error against the plain maths in float64."""
     results = {}
     for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
@@ -467,7 +467,7 @@ def markdown(result: dict) -> str:
         f"{step['gflops']:,.0f} GFLOP/s, {percent_of_peak(step)} of the bf16 peak; peak memory {memory}. "
         f"Of each step, {step['host_batch_s'] * 1e3:.1f} ms is the batch's SpecAugment and copy.",
         "",
-        f"**Embedding** (asd.embed.extract_epoch_embeddings end to end: checkpoint loaded and merged, "
+        f"**Embedding** (asd.model.embed.extract_epoch_embeddings end to end: checkpoint loaded and merged, "
         f"{embedding['clips']} clips read from a {embedding['feature_file_mib']:.0f} MiB {embedding['feature_dtype']} "
         f"HDF5 feature cache, embedded in bf16 in batches of {embedding['batch']}, written): "
         f"{embedding['best_s']:.2f} s best of {EMBED_ROUNDS} after a warm-up, {embedding['clips_per_s']:.0f} clips/s. "

@@ -1,4 +1,4 @@
-"""Benchmark: asd.knn.CosineKNN (numpy, blocked matmul + per-block top-k) vs sklearn brute-force cosine NearestNeighbors (k = 1).
+"""Benchmark: asd.scoring.knn.CosineKNN (numpy, blocked matmul + per-block top-k) vs sklearn brute-force cosine NearestNeighbors (k = 1).
 
 Two sizes: the DCASE size (1,100 x 128 bank = 990 + 10 train + 100 supplemental, 200 test
 queries; best of 50 repeats) and a large one (1,000,000 x 128 bank, 10,000
@@ -16,7 +16,7 @@ import time
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from asd.knn import CosineKNN
+from asd.scoring.knn import CosineKNN
 from common import interleaved, machine, standalone
 
 CASES = [

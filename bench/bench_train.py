@@ -1,4 +1,4 @@
-"""Benchmark: one training step of asd.model.ASDModel (LoRA on the iter3-size random-init backbone, 4 blocks).
+"""Benchmark: one training step of asd.model.asd_model.ASDModel (LoRA on the iter3-size random-init backbone, 4 blocks).
 
 The step is train.py's: forward under the configured precision, backward through the LoRA adapters,
 AdamW step. It runs in bf16 autocast (what ``train.precision: auto`` picks on a CPU with AVX512-BF16
@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from asd.beats import ITER3
+from asd.model.beats import ITER3
 from asd.device import autocast
-from asd.model import ASDModel, HeadConfig, build_backbone
-from asd.train import optimisation_step
+from asd.model.asd_model import ASDModel, HeadConfig, build_backbone
+from asd.model.train import optimisation_step
 from bench_backbone import clip_frames, ffn_shape, forward_flops
 from common import (NO_NATIVE_BF16, benchmark_dtypes, dtype_name, fraction_of_peak, interleaved, machine, matmul_peaks,
                     peak_target, peak_workloads, peaks_text, percent_of_peak, standalone, target)
@@ -127,7 +127,7 @@ def markdown(result: dict) -> str:
     for precision, row in result["step"].items():
         lines.append(f"| {precision} | {row['best_s']:.3f} | {row['clips_per_s']:.2f} | {row['gflops']:.0f} | {percent_of_peak(row)} |")
     lines += [f"| {precision} | {reason} | | | |" for precision, reason in result["skipped"].items()]
-    lines += ["", f"Demo backbone (asd.beats.DEMO: 96 wide, 4 heads, 4 blocks, LoRA r={setup['head']['lora_rank']}), "
+    lines += ["", f"Demo backbone (asd.model.beats.DEMO: 96 wide, 4 heads, 4 blocks, LoRA r={setup['head']['lora_rank']}), "
               f"batch {DEMO_BATCH}, 10 s clips: " + ", ".join(
                   f"{precision} {row['clips_per_s']:.1f} clips/s (median {row['median_clips_per_s']:.1f})"
                   for precision, row in result["demo_step"].items()) + "."]

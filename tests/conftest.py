@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from asd.features import cache_features
+from asd.data.features import cache_features
 
 REPO = Path(__file__).resolve().parents[1]
 # The workplace's shared reference data (conformance outputs, real clips): $ASD_SHARED, else the

@@ -1,10 +1,10 @@
-"""asd.audio: loading real and malformed WAVs, channel policies, header probing."""
+"""asd.data.audio: loading real and malformed WAVs, channel policies, header probing."""
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from asd.audio import load_audio, probe_audio
+from asd.data.audio import load_audio, probe_audio
 from asd.errors import AsdError
 from conftest import SHARED
 

@@ -22,14 +22,14 @@ import torch
 
 from asd import cli, rules
 from asd.config import fold_has_labels, load_config
-from asd.dataset import build_manifest
-from asd.embed import extract_epoch_embeddings
+from asd.data.dataset import build_manifest
+from asd.model.embed import extract_epoch_embeddings
 from asd.errors import AsdError
-from asd.features import cache_features, load_features
-from asd.model import load_epoch_checkpoint
-from asd.scoring import score_epoch, write_bank
+from asd.data.features import cache_features, load_features
+from asd.model.asd_model import load_epoch_checkpoint
+from asd.scoring.score import score_epoch, write_bank
 from asd.store import load_embeddings
-from asd.train import train_fold
+from asd.model.train import train_fold
 from conftest import REPO, SAMPLE_RATE, TINY_BACKBONE, tone_clip, train_settings
 
 CONFIG = REPO / "config.yaml"

@@ -31,7 +31,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from workflow_runner import OVERLAYS, snakemake_command
+from workflow_runner import DEMO_BACKBONE_SHA, OVERLAYS, snakemake_command
 
 pytestmark = pytest.mark.slow
 TRACEBACK = "Traceback (most recent call last)"
@@ -441,7 +441,7 @@ def checkpoint_rule(path: str) -> str:
      embeddings("eval", "Polisher")),
     ("backbone-nan", "embed/dev/fan",
      re.compile(re.escape("checkpoint results/models/dev/epoch_1.pt was trained on backbone demo backbone pre-trained "
-                          "on synthetic machine sounds — not BEATs (demo_backbone.pt, sha256 e76adc8a1380)")
+                          f"on synthetic machine sounds — not BEATs (demo_backbone.pt, sha256 {DEMO_BACKBONE_SHA})")
                 + r".* with 4 blocks, but the config now gives .* with 3; restore the config or"
                 + checkpoint_rule("results/models/dev/epoch_1.pt")[1:]),
      embeddings("dev", "fan")),

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from asd.bank import build_bank, classify_supplemental
+from asd.scoring.bank import build_bank, classify_supplemental
 from asd.errors import AsdError
 
 DIM = 16
@@ -162,8 +162,8 @@ def test_classify_supplemental_needs_two_training_clips(centres):
 
 def mel_spectra(rng, count, *, machine, background, gain_db=(-30, -20)):
     """``count`` mean log-mel spectra [count, 128] in fbank units: log(machine + background power), gain-invariant."""
-    from asd.bank import _flat_reference
-    from asd.beats import FBANK_STD
+    from asd.scoring.bank import _flat_reference
+    from asd.model.beats import FBANK_STD
 
     reference, _ = _flat_reference()  # the front end's ripple, shared by every clip
     power = (machine[None] * rng.lognormal(0, 0.1, (count, 1)) + background[None] * rng.lognormal(0, 0.1, (count, 1)))
@@ -203,7 +203,7 @@ def test_peak_test_keeps_clean_machine_spectra_and_excludes_noise_only(mel_sourc
     rows = [("train", "source", f"t{i}.wav", "") for i in range(60)] + [
         ("supplemental", "source", f"n{i}.wav", "unknown") for i in range(20)]
     manifest = pd.DataFrame(rows, columns=["split", "domain", "file", "supplemental_kind"])
-    with caplog.at_level("WARNING", logger="asd.bank"):
+    with caplog.at_level("WARNING", logger="asd.scoring.bank"):
         bank = build_bank(manifest, np.zeros((80, 4), np.float32), name="fan",
                           test_features=np.concatenate([train, noise]))
     test = bank.composition["supplemental"]["automatic_test"]
@@ -217,7 +217,7 @@ def test_peak_test_keeps_clean_machine_spectra_and_excludes_noise_only(mel_sourc
 
 def test_peak_test_needs_mel_spectra(centres, caplog):
     manifest, embeddings = make_manifest("unknown", False, centres)
-    with caplog.at_level("WARNING", logger="asd.bank"):
+    with caplog.at_level("WARNING", logger="asd.scoring.bank"):
         bank = build_bank(manifest, embeddings, name="fan", test_features=embeddings)  # 16 values per clip
     test = bank.composition["supplemental"]["automatic_test"]
     assert test["peak_test"].startswith("not run: the compared vectors (16 values per clip) are not 128-bin")

@@ -1,4 +1,4 @@
-"""Conformance of asd.beats against outputs of the official BEATs code (shared/conformance/)."""
+"""Conformance of asd.model.beats against outputs of the official BEATs code (shared/conformance/)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from asd.fingerprint import file_sha256
-from asd.beats import (
+from asd.model.beats import (
     DEMO,
     ITER3,
     BEATs,
@@ -241,7 +241,7 @@ def test_unreadable_files_name_the_file(tiny_state, tmp_path):
 
 
 def test_fft_position_conv_equals_grouped_conv1d_and_cache_follows_weights():
-    from asd.beats import _WeightNormConv1d
+    from asd.model.beats import _WeightNormConv1d
 
     torch.manual_seed(0)
     conv = _WeightNormConv1d(32, 16, 4, init_std=0.1)

@@ -22,12 +22,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from asd.bank import PEAK_SHARE_THRESHOLD, _flat_reference, build_bank, spectral_fine_structure
-from asd.beats import fbank
-from asd.dataset import build_manifest, parse_clip_name
-from asd.embed import mean_spectrum
-from asd.features import cache_features, load_features
-from asd.scoring import write_bank
+from asd.scoring.bank import PEAK_SHARE_THRESHOLD, _flat_reference, build_bank, spectral_fine_structure
+from asd.model.beats import fbank
+from asd.data.dataset import build_manifest, parse_clip_name
+from asd.model.embed import mean_spectrum
+from asd.data.features import cache_features, load_features
+from asd.scoring.score import write_bank
 from asd.store import write_manifest_group
 from conftest import SAMPLE_RATE
 
@@ -133,7 +133,7 @@ def test_names_say_clean_noise_machine(layout):
 def test_automatic_test_keeps_clean_and_mixed_sets_and_excludes_noise(layout, s, kept, caplog):
     for neutral, override in ((True, None), (False, "auto")):  # neutral names; names ignored by config
         rows, spectrum = one_set(layout, s, neutral=neutral)
-        with caplog.at_level(logging.WARNING, logger="asd.bank"):
+        with caplog.at_level(logging.WARNING, logger="asd.scoring.bank"):
             caplog.clear()
             bank = bank_of(rows, spectrum, kind_override=override)
         composition = bank.composition
@@ -184,7 +184,7 @@ def test_write_bank_records_the_automatic_decision(layout, tmp_path, caplog):
         write_manifest_group(h5.create_group("manifest"), rows)
         h5.attrs.update(epoch=1, backbone="random-init backbone (no pre-trained weights)", complete=True)
     out = tmp_path / "bank.json"
-    with caplog.at_level(logging.WARNING, logger="asd.bank"):
+    with caplog.at_level(logging.WARNING, logger="asd.scoring.bank"):
         write_bank(embeddings_path=str(path), out_path=str(out), machine="fan", kind_override=None,
                    use_supplemental=True)
     record = json.loads(out.read_text())

@@ -1,4 +1,4 @@
-"""asd.dataset: clip-name parsing and the manifest, on the real DCASE clips and real 2025 names."""
+"""asd.data.dataset: clip-name parsing and the manifest, on the real DCASE clips and real 2025 names."""
 
 import csv
 import shutil
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from asd.dataset import MANIFEST_COLUMNS, build_manifest, parse_clip_name, read_manifest, write_manifest
+from asd.data.dataset import MANIFEST_COLUMNS, build_manifest, parse_clip_name, read_manifest, write_manifest
 from asd.errors import AsdError
 from conftest import SHARED
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from asd.decision import decide, gamma_threshold
+from asd.scoring.decision import decide, gamma_threshold
 from asd.errors import AsdError
 
 
@@ -55,7 +55,7 @@ def test_importing_decision_does_not_import_scipy_stats():
     import subprocess
     import sys
 
-    code = "import sys, asd.decision; print('scipy.stats' in sys.modules)"
+    code = "import sys, asd.scoring.decision; print('scipy.stats' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip() == "False"
 
 

@@ -1,4 +1,4 @@
-"""asd.demo: layout, naming, determinism, and that the synthetic sounds behave like the task's."""
+"""asd.data.demo: layout, naming, determinism, and that the synthetic sounds behave like the task's."""
 
 import hashlib
 import re
@@ -12,10 +12,10 @@ from scipy.signal import stft
 from scipy.spatial.distance import cdist
 from sklearn.metrics import roc_auc_score
 
-from asd.dataset import build_manifest
-from asd.demo import generate_demo
+from asd.data.dataset import build_manifest
+from asd.data.demo import generate_demo
 from asd.errors import AsdError
-from asd.groundtruth import parse_labelled_name, read_eval_data_list
+from asd.data.groundtruth import parse_labelled_name, read_eval_data_list
 
 
 @pytest.fixture(scope="module")

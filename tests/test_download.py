@@ -1,4 +1,4 @@
-"""asd.download against a real local HTTP server: extraction, skipping, and clean failures."""
+"""asd.data.download against a real local HTTP server: extraction, skipping, and clean failures."""
 
 import hashlib
 import http.server
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asd.download import completion_marker, download_dataset, official_urls
+from asd.data.download import completion_marker, download_dataset, official_urls
 from asd.errors import AsdError
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from asd.ensemble import fuse, zscore_params
+from asd.scoring.ensemble import fuse, zscore_params
 from asd.errors import AsdError
 
 # Hand-computed example: train LOO (mean, std ddof=0) per epoch -> z-scores of the test scores.

@@ -7,8 +7,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from asd.beats import FBANK_MEAN, FBANK_STD
-from asd.features import FLUSH_EVERY, cache_features, load_features, num_frames
+from asd.model.beats import FBANK_MEAN, FBANK_STD
+from asd.data.features import FLUSH_EVERY, cache_features, load_features, num_frames
 from conftest import SAMPLE_RATE, tone_clip
 
 

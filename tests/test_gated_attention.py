@@ -1,4 +1,4 @@
-"""The blockwise CPU training attention (asd.gated_attention) equals the plain formula and the fused path."""
+"""The blockwise CPU training attention (asd.model.gated_attention) equals the plain formula and the fused path."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import asd.beats
-import asd.gated_attention as gated
-from asd.beats import _SelfAttention
+import asd.model.beats
+import asd.model.gated_attention as gated
+from asd.model.beats import _SelfAttention
 
 
 def inputs(*, batch=3, heads=4, tokens=40, head_dim=8, dtype=torch.float32, seed=0):
@@ -78,7 +78,7 @@ def test_head_group_fits_the_block_budget():
 def test_self_attention_training_on_cpu_takes_the_blockwise_path_and_equals_the_fused_one(monkeypatch):
     """A LoRA-like trainable q_proj makes the gate train: the module's CPU training path (blockwise) and the
     fused SDPA path give the same output and the same gradients for every trainable weight."""
-    from asd.beats import DEMO
+    from asd.model.beats import DEMO
 
     torch.manual_seed(0)
     layer = _SelfAttention(DEMO, torch.nn.Embedding(DEMO.num_buckets, DEMO.encoder_attention_heads)).train()
@@ -93,7 +93,7 @@ def test_self_attention_training_on_cpu_takes_the_blockwise_path_and_equals_the_
 
     calls = []
     def run(attend):
-        monkeypatch.setattr(asd.beats, "gated_attention", attend)
+        monkeypatch.setattr(asd.model.beats, "gated_attention", attend)
         out = layer(x, position_bias, padding)
         return [out, *torch.autograd.grad(out.square().sum(), (x, position_bias, layer.q_proj.weight,
                                                                 layer.v_proj.weight))]

@@ -7,7 +7,7 @@ with autocast off. The backbone keeps the caller's autocast.
 import pytest
 import torch
 
-from asd.model import ASDModel, ArcFace, AttentiveStatsPooling, HeadConfig, build_backbone, float32_region
+from asd.model.asd_model import ASDModel, ArcFace, AttentiveStatsPooling, HeadConfig, build_backbone, float32_region
 from conftest import TINY_BACKBONE
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-import asd.knn as knn_module
+import asd.scoring.knn as knn_module
 from asd.errors import AsdError
-from asd.knn import CosineKNN, DomainNormaliser, leave_one_out_scores, score_domains
+from asd.scoring.knn import CosineKNN, DomainNormaliser, leave_one_out_scores, score_domains
 
 
 def sklearn_knn(bank, queries, k):
@@ -99,7 +99,7 @@ def test_duplicated_bank_rows_across_blocks(k, small_blocks, selection):
 
 def test_importing_scoring_does_not_load_torch():
     """The per-machine scoring job needs numpy/scipy/pandas/h5py only: torch & co. cost seconds to import."""
-    code = "import sys, asd.scoring; print(sorted(m for m in ('torch', 'peft', 'transformers', 'sklearn') if m in sys.modules))"
+    code = "import sys, asd.scoring.score; print(sorted(m for m in ('torch', 'peft', 'transformers', 'sklearn') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert loaded == "[]"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from asd.errors import AsdError
-from asd.model import (FROZEN_WEIGHT, ASDModel, HeadConfig, build_backbone, checkpoint_dict, load_epoch_checkpoint,
+from asd.model.asd_model import (FROZEN_WEIGHT, ASDModel, HeadConfig, build_backbone, checkpoint_dict, load_epoch_checkpoint,
                        load_trained_epoch, lora_checkpoint_keys, merge_lora_into_backbone, read_epoch_checkpoint)
 from conftest import TINY_BACKBONE
 
@@ -100,7 +100,7 @@ def test_merge_is_refused_on_wrong_lora_shapes_without_touching_weights(tmp_path
 
 
 def test_inference_imports_neither_peft_nor_transformers():
-    code = ("import sys, asd.embed, asd.package, asd.model\n"
+    code = ("import sys, asd.model.embed, asd.submission.assemble, asd.model.asd_model\n"
             "print(sorted(m for m in ('peft', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr

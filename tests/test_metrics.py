@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from asd.errors import AsdError
-from asd.groundtruth import (
+from asd.data.groundtruth import (
     load_ground_truth,
     parse_labelled_name,
     parse_labelled_test_name,
@@ -15,7 +15,7 @@ from asd.groundtruth import (
     read_labelled_folder,
     read_official_ground_truth,
 )
-from asd.metrics import evaluate_dir, format_table, machine_metrics, official_score
+from asd.evaluation.metrics import evaluate_dir, format_table, machine_metrics, official_score
 
 from conftest import SHARED  # noqa: E402
 

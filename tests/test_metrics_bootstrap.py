@@ -5,7 +5,7 @@ and the spread behaves as a bootstrap should."""
 import numpy as np
 import pytest
 
-from asd.metrics import (
+from asd.evaluation.metrics import (
     AlignedSection,
     bootstrap_indices,
     bootstrap_official_score,
@@ -92,7 +92,7 @@ def test_perfect_separation_has_no_spread():
 def test_roc_auc_equals_sklearn_with_ties_and_partial_area():
     from sklearn.metrics import roc_auc_score
 
-    from asd.metrics import roc_auc
+    from asd.evaluation.metrics import roc_auc
 
     rng = np.random.default_rng(0)
     for _ in range(200):

@@ -7,11 +7,11 @@ training clips', so the verdict does not depend on the model or the epoch.
 import numpy as np
 import pytest
 
-from asd.bank import build_bank
-from asd.dataset import build_manifest
-from asd.demo import generate_demo
-from asd.embed import mean_spectrum
-from asd.features import cache_features, load_features
+from asd.scoring.bank import build_bank
+from asd.data.dataset import build_manifest
+from asd.data.demo import generate_demo
+from asd.model.embed import mean_spectrum
+from asd.data.features import cache_features, load_features
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from asd import corpus, pretrain
-from asd.beats import DEMO, BEATs, BEATsConfig, load_beats
+from asd.model import corpus, pretrain
+from asd.model.beats import DEMO, BEATs, BEATsConfig, load_beats
 from asd.cli import build_parser
-from asd.demo import _MACHINES as DEMO_MACHINES
+from asd.data.demo import _MACHINES as DEMO_MACHINES
 from asd.errors import AsdError
 
 TINY = pretrain.PretrainSettings(

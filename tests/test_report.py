@@ -18,11 +18,11 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
 from asd.errors import AsdError
-from asd.metrics import AlignedSection, section_metrics
-from asd.report import (pca_2d, plot_embeddings, plot_fold_scores, plot_roc, plot_score_histograms,
+from asd.evaluation.metrics import AlignedSection, section_metrics
+from asd.evaluation.report import (pca_2d, plot_embeddings, plot_fold_scores, plot_roc, plot_score_histograms,
                         plot_training)
 from asd.store import write_manifest_group
-from workflow_runner import run_workflow
+from workflow_runner import DEMO_BACKBONE_SHA, run_workflow
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RANDOM_INIT = "random-init backbone (no pre-trained weights)"
@@ -197,7 +197,7 @@ def test_embedding_projection_marks_bank_test_and_excluded_clips(tmp_path):
 
 
 def test_plot_modules_do_not_import_torch():
-    probe = "import sys, asd.report, asd.rules; print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))"
+    probe = "import sys, asd.evaluation.report, asd.rules; print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"  # scikit-learn is imported by the ROC jobs only, when they draw
 
@@ -231,4 +231,4 @@ def test_snakemake_report_holds_every_figure(reference_run, tmp_path):
     assert html.count("data:image/png") == len(figures)  # every figure embedded in the self-contained file
     for path in figures + [f"results/tables/{fold}/{system}.md" for fold in folds for system in systems]:
         assert f'"{path}"' in html
-    assert html.count("Backbone: backbone checkpoint demo_backbone.pt (sha256 e76adc8a1380).") >= len(figures)  # captions
+    assert html.count(f"Backbone: backbone checkpoint demo_backbone.pt (sha256 {DEMO_BACKBONE_SHA}).") >= len(figures)  # captions

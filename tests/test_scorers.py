@@ -1,4 +1,4 @@
-"""Named scoring back-ends (asd.scorers) against direct reference computations with sklearn / numpy."""
+"""Named scoring back-ends (asd.scoring.scorers) against direct reference computations with sklearn / numpy."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
 
 from asd.errors import AsdError
-from asd.knn import DomainNormaliser, leave_one_out_scores, score_domains
-from asd.scorers import METHODS, describe, mixup_clips, run_scorer, spherical_kmeans
+from asd.scoring.knn import DomainNormaliser, leave_one_out_scores, score_domains
+from asd.scoring.scorers import METHODS, describe, mixup_clips, run_scorer, spherical_kmeans
 
 SCORING = {"k": 1, "separate_domain_banks": True, "domain_normalisation": False}  # config.yaml's scoring section
 CONFIG_SCORERS = {  # config.yaml's scorers section
@@ -68,7 +68,7 @@ def partition(labels):
     {"k": 2, "separate_domain_banks": False, "domain_normalisation": False},
 ])
 def test_knn_is_the_paper_code_path(scoring):
-    """{"method": "knn"} gives exactly what asd.knn's score_domains / leave_one_out_scores gave before scorers."""
+    """{"method": "knn"} gives exactly what asd.scoring.knn's score_domains / leave_one_out_scores gave before scorers."""
     banks, test = make_banks(1)
     score, per_domain, loo = run_scorer({"method": "knn"}, banks, test, scoring=scoring, name="fanA")
     paper_banks = banks if scoring["separate_domain_banks"] else {"all": np.concatenate([banks["source"],

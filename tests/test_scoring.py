@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from asd.ensemble import fuse_epochs
-from asd.scoring import score_epoch, write_bank
+from asd.scoring.ensemble import fuse_epochs
+from asd.scoring.score import score_epoch, write_bank
 from asd.store import read_scores, write_manifest_group
 
 DECISION = {"quantile": 0.9}

@@ -12,12 +12,12 @@ import yaml
 
 from asd.config import load_config, load_schema
 from asd.errors import AsdError
-from asd.model import ASDModel, HeadConfig, build_backbone, checkpoint_dict
-from asd.package import build_submission, system_description
+from asd.model.asd_model import ASDModel, HeadConfig, build_backbone, checkpoint_dict
+from asd.submission.assemble import build_submission, system_description
 from conftest import REPO, SHARED, TINY_BACKBONE
-from asd.metrics import evaluate_dir
-from asd.pretrain import LABEL as DEMO_LABEL
-from asd.submission import (
+from asd.evaluation.metrics import evaluate_dir
+from asd.model.pretrain import LABEL as DEMO_LABEL
+from asd.submission.archive import (
     DEMO_BACKBONE_NOTE,
     PLACEHOLDER_AUTHORS,
     PLACEHOLDER_SOURCE_CODE,
@@ -328,7 +328,7 @@ def test_default_submission_settings_name_nobody():
     meta = {"submission": {"label": config["systems"][0]["label"], "authors": config["authors"]},
             "source_code": config["source_code"]}
     assert len(placeholder_problems(meta)) == 6  # 4 author fields, the URL, the label
-    for module in ("package.py", "submission.py"):
+    for module in ("submission/assemble.py", "submission/archive.py"):
         text = (REPO / "src" / "asd" / module).read_text()
         emails = set(re.findall(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", text))
         assert emails <= {"change.me@example.org"}, (module, emails)
@@ -420,7 +420,7 @@ def test_build_submission_generates_meta_and_warns_of_placeholders(tmp_path, cap
                   "name": "BEATs LoRA ArcFace KNN", "abbreviation": "BLAK", "authors": list(PLACEHOLDER_AUTHORS),
                   "source_code": PLACEHOLDER_SOURCE_CODE}
     archive = tmp_path / "Lastname_Inst_task2.zip"
-    with caplog.at_level(logging.WARNING, logger="asd.package"):
+    with caplog.at_level(logging.WARNING, logger="asd.submission.assemble"):
         build_submission(zip_path=str(archive), score_paths=score_paths, dev_tables=[], checkpoint_path=str(checkpoint),
                          machine_types=MACHINES, submission=submission, backbone_settings=dict(TINY_BACKBONE),
                          ensembles={"late": [2, 3]}, scorers={"knn": {"method": "knn"}}, scoring=dict(SCORING, k=2),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from asd.errors import AsdError
-from asd.train import CRASH_AFTER_EPOCH, learning_rate, spec_augment, train_fold
+from asd.model.train import CRASH_AFTER_EPOCH, learning_rate, spec_augment, train_fold
 from conftest import train_settings, write_fold
 
 
@@ -43,7 +43,7 @@ RESUME_SCRIPT = """
 import sys, json
 sys.path.insert(0, {tests!r})
 from conftest import train_settings
-from asd.train import train_fold
+from asd.model.train import train_fold
 settings = train_settings(epochs=3)
 train_fold(fold="t", feature_paths={features!r}, checkpoint_paths=[{out!r} + f"/epoch_{{e}}.pt" for e in (1, 2, 3)],
            log_path={out!r} + "/train_log.csv", settings=settings)
@@ -68,7 +68,7 @@ def test_sigkill_mid_training_resumes_to_identical_checkpoints(tmp_path, synthet
     out.mkdir()
     kill_after_first_epoch(out, synthetic_fold)
     (out / "epoch_1.pt").unlink()  # as Snakemake --rerun-incomplete would: the state dir brings it back
-    with caplog.at_level("INFO", logger="asd.train"):
+    with caplog.at_level("INFO", logger="asd.model.train"):
         ckpts, log = run_training(out, synthetic_fold, epochs=3)
     assert "resuming after epoch 1" in caplog.text
     assert all(states_equal(a, b) for a, b in zip(ref_ckpts, ckpts))
@@ -81,7 +81,7 @@ def test_changed_features_or_a_completed_run_train_from_scratch(tmp_path, synthe
     out.mkdir()
     kill_after_first_epoch(out, synthetic_fold)
     shorter = write_fold(tmp_path / "short", seconds=1.5)
-    with caplog.at_level("INFO", logger="asd.train"):
+    with caplog.at_level("INFO", logger="asd.model.train"):
         ckpts, _ = run_training(out, shorter, epochs=3)
     assert "belongs to another configuration; training from scratch" in caplog.text
     assert "resuming" not in caplog.text
@@ -94,7 +94,7 @@ def test_changed_features_or_a_completed_run_train_from_scratch(tmp_path, synthe
     assert not states_equal(run_training(reference, synthetic_fold, epochs=3)[0][-1], ckpts[-1])
     # A completed run (then --forcerun, or any rerun of the rule) trains from scratch too.
     caplog.clear()
-    with caplog.at_level("INFO", logger="asd.train"):
+    with caplog.at_level("INFO", logger="asd.model.train"):
         run_training(out, shorter, epochs=3)
     assert "resuming" not in caplog.text and not (out / ".state").exists()
 

@@ -34,9 +34,9 @@ import pytest
 
 import asd.config as cfg
 from asd import rules
-from asd.dataset import MANIFEST_COLUMNS, parse_clip_name
-from asd.embed import _write_embeddings  # the embed stage's writer: the files below are the pipeline's own layout
-from asd.ensemble import fuse_epochs
+from asd.data.dataset import MANIFEST_COLUMNS, parse_clip_name
+from asd.model.embed import _write_embeddings  # the embed stage's writer: the files below are the pipeline's own layout
+from asd.scoring.ensemble import fuse_epochs
 from asd.io import write_csv
 from asd.store import load_embeddings, read_scores
 
@@ -63,7 +63,7 @@ OFFICIAL = ("AUC_source", "AUC_target", "pAUC")
 # ---------------------------------------------------------------- the fold: names, manifest, embeddings
 
 def fold_manifest(machine: str) -> pd.DataFrame:
-    """The features file's manifest of one machine type: DCASE names parsed as asd.dataset parses them."""
+    """The features file's manifest of one machine type: DCASE names parsed as asd.data.dataset parses them."""
     names = []
     for c, (domain, attribute, n_train) in enumerate(CLASSES):
         attributes = "noAttribute" if machine == "pumpB" else attribute
@@ -169,7 +169,7 @@ def score_stage(root: Path) -> None:
 
 
 def ensemble_stage(root: Path) -> None:
-    """Only the ensemble step of the score job (asd.ensemble.fuse_epochs, as score_machine calls it)."""
+    """Only the ensemble step of the score job (asd.scoring.ensemble.fuse_epochs, as score_machine calls it)."""
     for machine in MACHINES:
         for name, epochs in CONFIG["ensembles"].items():
             fuse_epochs(score_paths=[str(score_path(root, machine, f"epoch_{e}")) for e in epochs], epochs=epochs,

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from asd.submission import check_submission
-from asd.train import CRASH_AFTER_EPOCH
+from asd.submission.archive import check_submission
+from asd.model.train import CRASH_AFTER_EPOCH
 from workflow_runner import COMPARED, OVERLAYS, REPO, planned_jobs, planned_outputs, result_files, run_workflow, snakemake_command
 
 pytestmark = pytest.mark.slow
@@ -158,7 +158,7 @@ def test_bad_config_value_fails_before_any_job(tmp_path):
 
 
 def test_training_on_the_demo_dataset_lowers_loss_and_raises_accuracy(reference_run, tmp_path):
-    from asd.train import train_fold
+    from asd.model.train import train_fold
     from conftest import train_settings
 
     features = sorted(str(p) for p in (reference_run / "results" / "features" / "dev").glob("*.h5"))

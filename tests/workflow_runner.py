@@ -10,6 +10,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 OVERLAYS = [str(REPO / "config" / "demo.yaml"), str(REPO / "tests" / "config" / "ci.yaml")]
+# How outputs abbreviate the shipped demo backbone's digest (`make pretrain` rewrites the file and its digest).
+DEMO_BACKBONE_SHA = (REPO / "models" / "demo_backbone.pt.sha256").read_text().split()[0][:12]
 
 
 def snakemake_command(workdir: Path, *args: str, cores: int = 2) -> list[str]:

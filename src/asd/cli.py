@@ -17,7 +17,7 @@ from asd.errors import AsdError
 
 
 def _index(args) -> None:
-    from asd.dataset import build_manifest, write_manifest
+    from asd.data.dataset import build_manifest, write_manifest
 
     manifest = build_manifest(args.root, dataset=args.dataset, machine_types=args.machine or None,
                               ground_truth=args.ground_truth, sample_rate=args.sample_rate,
@@ -30,14 +30,14 @@ def _index(args) -> None:
 
 
 def _demo(args) -> None:
-    from asd.demo import generate_demo
+    from asd.data.demo import generate_demo
 
     info = generate_demo(args.out, seed=args.seed)
     print(f"demo dataset: dev {info['dev_root']}, eval {info['eval_root']}, ground truth {info['ground_truth']}")
 
 
 def _download(args) -> None:
-    from asd.download import download_dataset, official_urls
+    from asd.data.download import download_dataset, official_urls
 
     result = download_dataset(urls=official_urls(args.dataset, args.machine or None), dest_root=args.root)
     for url, status in result.items():
@@ -46,7 +46,7 @@ def _download(args) -> None:
 
 def _evaluate(args) -> None:
     from asd.io import write_json
-    from asd.metrics import evaluate_dir, format_table
+    from asd.evaluation.metrics import evaluate_dir, format_table
 
     result = evaluate_dir(args.scores_dir, args.ground_truth, machines=args.machine or None, ci95=args.ci95)
     print(format_table(result), end="")
@@ -56,7 +56,7 @@ def _evaluate(args) -> None:
 
 
 def _check_submission(args) -> int:
-    from asd.submission import check_submission
+    from asd.submission.archive import check_submission
 
     problems = check_submission(args.zip, machines=args.machine or None)
     if problems:
@@ -70,7 +70,7 @@ def _pretrain(args) -> None:
     from asd.logs import run_logged
 
     def job() -> None:
-        from asd.pretrain import run, settings_from, summary
+        from asd.model.pretrain import run, settings_from, summary
 
         values = {"seed": args.seed, "threads": args.threads}
         if args.steps is not None:

@@ -23,13 +23,13 @@ def run(job, function: Callable) -> None:
 
 
 def demo_data(job) -> None:
-    from asd.demo import generate_demo
+    from asd.data.demo import generate_demo
 
     generate_demo(job.output[0], seed=job.params.demo["seed"], scale=job.params.demo["scale"], workers=job.threads)
 
 
 def download(job) -> None:
-    from asd.download import download_dataset, official_urls
+    from asd.data.download import download_dataset, official_urls
     from asd.io import write_json
 
     if job.params.kind is None:
@@ -40,21 +40,21 @@ def download(job) -> None:
 
 
 def features(job) -> None:
-    from asd.dataset import build_manifest
+    from asd.data.dataset import build_manifest
 
     audio, machine = job.params.audio, job.wildcards.machine
     # The machine type's own index: eval ground truth is not read here (labels enter at 'evaluate').
     # It runs before torch is imported, so a bad clip is reported at once.
     manifest = build_manifest(job.params.root, dataset=job.wildcards.dataset, machine_types=[machine],
                               sample_rate=audio["sample_rate"], channel_policy=audio["channel_policy"])
-    from asd.features import cache_features
+    from asd.data.features import cache_features
     cache_features(manifest=manifest, machine=machine, out_path=job.output[0], sample_rate=audio["sample_rate"],
                    channel_policy=audio["channel_policy"], clip_seconds=audio["clip_seconds"],
                    dtype=job.params.dtype, manifest_path=job.params.root)
 
 
 def train(job) -> None:
-    from asd.train import train_fold
+    from asd.model.train import train_fold
 
     # train.device is read from the config, not params: where a model trains does not change which model it is.
     settings = {"backbone": dict(job.config["backbone"]), "model": dict(job.params.model),
@@ -64,7 +64,7 @@ def train(job) -> None:
 
 
 def embed(job) -> None:
-    from asd.embed import extract_epoch_embeddings
+    from asd.model.embed import extract_epoch_embeddings
 
     extract_epoch_embeddings(checkpoint_paths=list(job.input.checkpoints), features_path=job.input.features,
                              out_paths=list(job.output.epochs), frozen_path=job.output.frozen,
@@ -74,7 +74,7 @@ def embed(job) -> None:
 
 
 def score(job) -> None:
-    from asd.scoring import score_machine
+    from asd.scoring.score import score_machine
 
     score_machine(systems=list(job.params.systems), embedding_paths=list(job.input), bank_paths=list(job.output.banks),
                   score_paths=list(job.output.scores), scorers=dict(job.params.scorers),
@@ -85,7 +85,7 @@ def score(job) -> None:
 
 
 def evaluate(job) -> None:
-    from asd.tables import evaluate_fold
+    from asd.evaluation.tables import evaluate_fold
 
     evaluate_fold(score_paths=list(job.input.scores), machines=list(job.params.machines),
                   systems=list(job.params.systems), ground_truth=job.params.ground_truth,
@@ -96,7 +96,7 @@ def evaluate(job) -> None:
 
 
 def submission(job) -> None:
-    from asd.package import build_submission
+    from asd.submission.assemble import build_submission
 
     build_submission(zip_path=job.output[0], score_paths=list(job.input.scores), dev_tables=list(job.input.dev_tables),
                      checkpoint_path=job.input.checkpoint, machine_types=list(job.params.machine_types),
@@ -107,7 +107,7 @@ def submission(job) -> None:
 
 
 def plots_scores(job) -> None:
-    from asd.report import plot_fold_scores
+    from asd.evaluation.report import plot_fold_scores
 
     plot_fold_scores(score_paths=list(job.input.scores), machines=list(job.params.machines),
                      systems=list(job.params.systems), ground_truth=job.params.ground_truth,
@@ -117,7 +117,7 @@ def plots_scores(job) -> None:
 
 
 def plots_models(job) -> None:
-    from asd.report import plot_embeddings, plot_training
+    from asd.evaluation.report import plot_embeddings, plot_training
 
     plot_training(train_log_path=job.input.train_log, out_path=job.output.training, fold=job.wildcards.fold)
     for embeddings, bank in zip(job.input.embeddings, job.input.banks):

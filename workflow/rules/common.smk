@@ -7,7 +7,7 @@ from pathlib import Path
 
 import asd.config as cfg
 from asd.errors import AsdError
-from asd.dataset import machine_files
+from asd.data.dataset import machine_files
 from asd.fingerprint import STAGE_VERSIONS, backbone_identity, resolve_checkpoint
 
 
@@ -88,7 +88,7 @@ def fold_checkpoints(wildcards):
 
 
 def fold_scores(wildcards, names=None):
-    """[score sets x machines], set-major (every tabled pair by default): the order asd.tables.evaluate_fold
+    """[score sets x machines], set-major (every tabled pair by default): the order asd.evaluation.tables.evaluate_fold
     and the plots expect."""
     return [f"results/scores/{wildcards.fold}/{m}/{s}.csv"
             for s in (names or TABLED) for m in cfg.fold_machine_types(config, wildcards.fold)]

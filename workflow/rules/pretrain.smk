@@ -1,5 +1,5 @@
-# Pre-training of the demo backbone (asd.pretrain): the BEATs architecture at the small DEMO size,
-# all weights, on a synthetic machine-sound corpus (asd.corpus) disjoint from the demo's machine
+# Pre-training of the demo backbone (asd.model.pretrain): the BEATs architecture at the small DEMO size,
+# all weights, on a synthetic machine-sound corpus (asd.model.corpus) disjoint from the demo's machine
 # types and clips. Not part of the default target: the demo uses the shipped models/demo_backbone.pt,
 # which `make pretrain` rebuilds bit for bit (same code, torch build and kind of CPU). This rule
 # writes a copy under results/ to compare with it:
@@ -24,7 +24,7 @@ rule pretrain_demo_backbone:
         runtime=30,
     run:
         from asd.logs import run_logged
-        from asd.pretrain import PretrainSettings, run as pretrain_run
+        from asd.model.pretrain import PretrainSettings, run as pretrain_run
 
         settings = PretrainSettings(seed=params.seed, threads=1)
         run_logged(log[0], lambda: pretrain_run(output.checkpoint, settings, workers=threads))

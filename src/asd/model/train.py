@@ -1,6 +1,6 @@
 """Train one fold: LoRA-BEATs + attentive pooling + ArcFace on all its machine types' training clips.
 
-Writes one small checkpoint per epoch (trained tensors + config, see ``asd.model.checkpoint_dict``)
+Writes one small checkpoint per epoch (trained tensors + config, see ``asd.model.asd_model.checkpoint_dict``)
 and a per-epoch log. Resumable: after every epoch the full training state (optimizer included)
 is saved under ``<model dir>/.state/``; a rerun of an interrupted run with identical inputs (same
 settings, backbone weights and feature-file contents: the run key) continues after the last finished
@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from asd.device import autocast, resolve_device, resolve_precision
 from asd.errors import AsdError
-from asd.features import feature_fingerprint, load_features
+from asd.data.features import feature_fingerprint, load_features
 from asd.io import atomic_path, write_csv
-from asd.model import (ASDModel, HeadConfig, backbone_label, build_backbone, checkpoint_dict, count_parameters,
+from asd.model.asd_model import (ASDModel, HeadConfig, backbone_label, build_backbone, checkpoint_dict, count_parameters,
                        class_names, label_map)
 
 log = logging.getLogger(__name__)

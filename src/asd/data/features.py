@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from asd.audio import load_audio
-from asd.beats import fbank, frame_padding_mask
+from asd.data.audio import load_audio
+from asd.model.beats import fbank, frame_padding_mask
 from asd.errors import AsdError
 from asd.store import read_manifest_group, write_manifest_group
 

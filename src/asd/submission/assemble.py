@@ -18,10 +18,10 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from asd.features import NUM_MEL_BINS, num_frames
-from asd.model import backbone_label, load_epoch_checkpoint, read_epoch_checkpoint
+from asd.data.features import NUM_MEL_BINS, num_frames
+from asd.model.asd_model import backbone_label, load_epoch_checkpoint, read_epoch_checkpoint
 from asd.store import read_scores
-from asd.submission import (
+from asd.submission.archive import (
     PLACEHOLDER_AUTHORS,
     PLACEHOLDER_SOURCE_CODE,
     DEMO_BACKBONE_NOTE,
@@ -32,9 +32,9 @@ from asd.submission import (
     write_system,
 )
 from asd.config import FROZEN
-from asd.scorers import describe as describe_scorer
-from asd.embed import frozen_embedding
-from asd.tables import ALL, ROWS
+from asd.scoring.scorers import describe as describe_scorer
+from asd.model.embed import frozen_embedding
+from asd.evaluation.tables import ALL, ROWS
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ float32). Differences from the reference are speed-only (bench/bench_backbone.py
 
 - attention runs through ``scaled_dot_product_attention`` with the gated relative position bias
   as an additive mask in the compute dtype, built from a contiguous [H, N, N] bias table, on
-  GPUs; on CPUs through the blockwise ``asd.gated_attention`` (same maths, cache-sized blocks);
+  GPUs; on CPUs through the blockwise ``asd.model.gated_attention`` (same maths, cache-sized blocks);
 - the convolutional position embedding is evaluated by FFT (same result within float32 rounding);
 - tables that depend only on frozen weights (weight-normalised conv kernel spectrum, position
   bias) are cached until those weights change, and the bucket table per sequence length;
@@ -33,7 +33,7 @@ import torchaudio.compliance.kaldi as kaldi
 from torch import Tensor, nn
 
 from asd.errors import AsdError
-from asd.gated_attention import fused_gated_attention, gated_attention
+from asd.model.gated_attention import fused_gated_attention, gated_attention
 
 SAMPLE_RATE = 16000
 NUM_MEL_BINS = 128

@@ -1,5 +1,5 @@
 """Pre-training the demo backbone: the project's BEATs architecture at the small ``beats.DEMO`` size,
-all weights, on the synthetic machine-sound corpus of ``asd.corpus``.
+all weights, on the synthetic machine-sound corpus of ``asd.model.corpus``.
 
 What it is, and what every output calls it: ``LABEL`` ("demo backbone pre-trained on synthetic
 machine sounds — not BEATs"). It is not a BEATs checkpoint from microsoft/unilm and has never seen
@@ -17,7 +17,7 @@ on a shared 2-core machine one thread is as fast as two and its result does not 
 work is split between threads). The same settings, code, torch build and kind of CPU give the same
 checkpoint bytes.
 
-The checkpoint is in the official format ``{'cfg', 'model'}`` (``asd.beats.load_beats`` loads it
+The checkpoint is in the official format ``{'cfg', 'model'}`` (``asd.model.beats.load_beats`` loads it
 with ``strict=True``); its cfg carries two extra keys that ``BEATsConfig.from_dict`` ignores:
 ``MARKER_KEY`` (= ``LABEL``) and ``DETAILS_KEY`` (settings and measured accuracies).
 """
@@ -40,19 +40,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asd import corpus
-from asd.beats import DEMO, BEATs
+from asd.model import corpus
+from asd.model.beats import DEMO, BEATs
 from asd.errors import AsdError
 from asd.io import atomic_path, write_json, write_text
 
-log = logging.getLogger("asd.pretrain")
+log = logging.getLogger("asd.model.pretrain")
 
 LABEL = "demo backbone pre-trained on synthetic machine sounds — not BEATs"
 MARKER_KEY = "asd_backbone"  # cfg key holding LABEL
 DETAILS_KEY = "asd_pretrain"  # cfg key holding settings and accuracies
 FORMAT = "asd-demo-backbone-v1"
-SHIPPED = Path(__file__).resolve().parents[2] / "models" / "demo_backbone.pt"
-RANDOM_INIT_SEED = 0  # asd.model's seed for the demo's random-init backbone: the baseline compared against
+SHIPPED = Path(__file__).resolve().parents[3] / "models" / "demo_backbone.pt"
+RANDOM_INIT_SEED = 0  # asd.model.asd_model's seed for the demo's random-init backbone: the baseline compared against
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """From embeddings to per-clip score tables: memory bank files, every scorer's scores, multi-epoch ensembles.
 
-A score CSV (``results/scores/<fold>/<machine>/<system>[@<scorer>].csv``, see ``asd.scorers``) holds one
+A score CSV (``results/scores/<fold>/<machine>/<system>[@<scorer>].csv``, see ``asd.scoring.scorers``) holds one
 row per test clip and one
 per memory-bank clip (``role`` = test | bank). Bank rows carry leave-one-out scores, the training
 statistics that ensembling and decision thresholds use; test statistics are never used.
@@ -17,13 +17,13 @@ import time
 import numpy as np
 import pandas as pd
 
-from asd.bank import build_bank
-from asd.decision import decide, gamma_threshold
-from asd.ensemble import fuse_epochs
+from asd.scoring.bank import build_bank
+from asd.scoring.decision import decide, gamma_threshold
+from asd.scoring.ensemble import fuse_epochs
 from asd.store import ROW_COLUMNS, load_embeddings, order_score_table
 from asd.errors import AsdError
 from asd.io import write_csv, write_json
-from asd.scorers import run_scorer
+from asd.scoring.scorers import run_scorer
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import numpy as np
 import logging
 
 
-from asd.decision import decide, gamma_threshold
+from asd.scoring.decision import decide, gamma_threshold
 from asd.errors import AsdError
 from asd.io import write_csv
 from asd.store import ROW_COLUMNS, order_score_table, read_scores

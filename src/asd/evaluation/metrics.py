@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from asd.errors import AsdError
-from asd.groundtruth import load_ground_truth
-from asd.submission import bad_value_mask, clip_name_problems, format_examples, read_result_csv, result_file_name
+from asd.data.groundtruth import load_ground_truth
+from asd.submission.archive import bad_value_mask, clip_name_problems, format_examples, read_result_csv, result_file_name
 
 MAX_FPR = 0.1
 EPS = sys.float_info.epsilon

@@ -29,7 +29,7 @@ from typing import Literal, NamedTuple
 import pandas as pd
 
 from asd.errors import AsdError
-from asd.submission import format_examples
+from asd.submission.archive import format_examples
 
 GROUND_TRUTH_COLUMNS = ("machine", "section", "file", "label", "domain", "original_name")
 LABELS = {"normal": 0, "anomaly": 1}

@@ -9,7 +9,7 @@ noise, amplitude modulation at a fraction of the rotation rate, optional periodi
 coloured background at a machine-specific level. A condition scales the speed and sets a load
 that tilts the harmonic profile and raises the broadband part.
 
-Disjoint from the demo dataset (``asd.demo``), by construction:
+Disjoint from the demo dataset (``asd.data.demo``), by construction:
 
 - other machine types: every condition's nominal fundamental stays at least ``GUARD_RATIO``
   (8 %) away from every operating fundamental of the demo's six machine types (source and target
@@ -39,8 +39,8 @@ import zlib
 import numpy as np
 import torch
 
-from asd.demo import _MACHINES as _DEMO_MACHINES
-from asd.demo import _band_noise, _coloured_noise, _smooth_curve, _unit_rms
+from asd.data.demo import _MACHINES as _DEMO_MACHINES
+from asd.data.demo import _band_noise, _coloured_noise, _smooth_curve, _unit_rms
 
 SAMPLE_RATE = 16000
 CORPUS_TAG = zlib.crc32(b"asd.corpus: synthetic machine sounds for pre-training")  # seed-sequence namespace
@@ -215,7 +215,7 @@ def build_set(type_indices, *, clips_per_condition: int, seed: int = 0, split: s
 
 def _type_fbank(job: tuple) -> np.ndarray:
     """fbank [conditions x clips, frames, 128] float32 of one machine type's clips (one torch thread)."""
-    from asd.beats import fbank
+    from asd.model.beats import fbank
 
     index, seed, conditions, split, clips_per_condition, seconds = job
     machine = machine_type(index, seed=seed, conditions=conditions)

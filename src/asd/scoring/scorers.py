@@ -4,7 +4,7 @@ A scorer is a config entry ``scorers.<name>: {method: ..., <parameters>}``; ever
 config runs in the same scoring job on the same embeddings (read once). Methods:
 
 - ``knn`` -- the paper: cosine k-NN distance to each domain's bank, score = min over the domains
-  (``asd.knn``; ``k``, ``separate_domain_banks`` and ``domain_normalisation`` default to the
+  (``asd.scoring.knn``; ``k``, ``separate_domain_banks`` and ``domain_normalisation`` default to the
   ``scoring`` section and may be set per scorer, e.g. ``knn_domain_norm``).
 - ``knn_rescale`` -- local-density rescaling (Wilkinghoff, ICASSP 2025): the distance to the
   nearest bank clip divided by that clip's mean distance to its own ``k_ref`` nearest bank
@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from asd.errors import AsdError
-from asd.knn import DomainNormaliser, leave_one_out_scores, score_domains
+from asd.scoring.knn import DomainNormaliser, leave_one_out_scores, score_domains
 
 Banks = dict[str, np.ndarray]  # domain -> bank embeddings [M_domain, D]
 # (test scores [Q], per-domain test scores {domain: [Q]}, leave-one-out bank scores {domain: [M_domain]})
@@ -49,7 +49,7 @@ def _unit(rows: np.ndarray) -> np.ndarray:
 
 
 def _distances(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    """Cosine distances [Q, M] between unit rows, clipped to [0, 2] as in asd.knn."""
+    """Cosine distances [Q, M] between unit rows, clipped to [0, 2] as in asd.scoring.knn."""
     return np.clip(1.0 - queries @ bank.T, 0.0, 2.0)
 
 

@@ -6,7 +6,7 @@ supplemental clips never enter a bank. What a supplemental clip is follows this 
 
 1. config ``supplemental_kinds.<machine>``: ``machine`` or ``noise`` for every clip of that machine
    type; ``auto`` runs the automatic test below on all of them, whatever their names say;
-2. otherwise the manifest's ``supplemental_kind``, parsed from the file name (asd.dataset):
+2. otherwise the manifest's ``supplemental_kind``, parsed from the file name (asd.data.dataset):
    ``machine`` (names saying machine or clean) | ``noise``;
 3. clips whose kind is ``unknown`` go through the automatic test, decided for them as one set.
 
@@ -16,7 +16,7 @@ background (as the DCASE 2025 clean clips are); (C) machine + background like th
 (B) the background alone, machine off. All clips of one machine type are one kind, so the test
 decides per SET (majority vote) and reports a per-clip flag and numbers for inspection. It
 compares the per-clip gain-invariant mean log-mel spectra (``test_features``, see
-asd.embed.mean_spectrum), so it does not depend on the model: every epoch reaches the same verdict.
+asd.model.embed.mean_spectrum), so it does not depend on the model: every epoch reaches the same verdict.
 Two signs of machine sound, each measured against what the training clips show of themselves:
 
 * distance: d_i = cosine distance of clip i to its nearest training clip; clip i is *far* when
@@ -57,7 +57,7 @@ import numpy as np
 import pandas as pd
 
 from asd.errors import AsdError
-from asd.knn import CosineKNN
+from asd.scoring.knn import CosineKNN
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ NOISE_MAJORITY = 0.5
 PEAK_SHARE_THRESHOLD = 0.5  # a clip lacks the machine's peaks below half a matching training clip's
 PEAK_SMOOTH_BINS = 9  # moving-average width (mel bins) whose residual is the spectral fine structure
 MIN_FILTER_WEIGHT = 0.1  # mel filters with less total weight are nearly empty: left out of the peak test
-SPECTRUM_BINS = 128  # asd.beats.NUM_MEL_BINS, the width of asd.embed.mean_spectrum's spectra
+SPECTRUM_BINS = 128  # asd.model.beats.NUM_MEL_BINS, the width of asd.model.embed.mean_spectrum's spectra
 REQUIRED_COLUMNS = ("file", "split", "domain", "supplemental_kind")
 
 
@@ -90,9 +90,9 @@ class Bank:
 
 @functools.cache
 def _flat_reference() -> tuple[np.ndarray, np.ndarray]:
-    """asd.beats.flat_spectrum_reference, computed once per process; torch is imported only when the peak
+    """asd.model.beats.flat_spectrum_reference, computed once per process; torch is imported only when the peak
     test runs (supplemental clips of unknown kind), so a scoring job without them stays torch-free."""
-    from asd.beats import NUM_MEL_BINS, flat_spectrum_reference
+    from asd.model.beats import NUM_MEL_BINS, flat_spectrum_reference
 
     assert NUM_MEL_BINS == SPECTRUM_BINS
     return flat_spectrum_reference(MIN_FILTER_WEIGHT)
@@ -253,7 +253,7 @@ def build_bank(
     supplemental_kind) may include test rows, which are ignored. ``kind_override`` is the config
     value (machine | noise | auto | None). ``test_features`` [N, F] are the vectors the automatic
     test compares (default: the embeddings, distance test only); the pipeline passes each clip's
-    gain-invariant mean log-mel spectrum [N, 128] (asd.embed.mean_spectrum), which adds the
+    gain-invariant mean log-mel spectrum [N, 128] (asd.model.embed.mean_spectrum), which adds the
     spectral-peak test and does not depend on the model, so every epoch reaches the same verdict.
     """
     missing = [column for column in REQUIRED_COLUMNS if column not in manifest_rows.columns]

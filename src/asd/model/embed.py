@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from asd.device import autocast, resolve_device, resolve_precision
 from asd.errors import AsdError
-from asd.features import load_features
+from asd.data.features import load_features
 from asd.store import write_manifest_group
 from asd.io import atomic_path
-from asd.model import (backbone_label, build_backbone, load_epoch_checkpoint, load_trained_epoch,
+from asd.model.asd_model import (backbone_label, build_backbone, load_epoch_checkpoint, load_trained_epoch,
                        read_epoch_checkpoint)
 
 log = logging.getLogger(__name__)

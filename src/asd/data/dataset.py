@@ -15,7 +15,7 @@ recordings (machine off); their names vary between releases, so only the kind sl
   normal. Both kinds of machine sound join the source bank alike, so the manifest does not
   distinguish them;
 * anything else (e.g. neutral ``section_00_0007.wav``): ``unknown``, left to the bank's
-  automatic test (asd.bank).
+  automatic test (asd.scoring.bank).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from asd.audio import probe_usable_audio
+from asd.data.audio import probe_usable_audio
 from asd.errors import AsdError
-from asd.groundtruth import LABELS, load_ground_truth, parse_labelled_name
+from asd.data.groundtruth import LABELS, load_ground_truth, parse_labelled_name
 from asd.io import write_csv
 
 DEV_MACHINE_TYPES = ("ToyCar", "ToyTrain", "bearing", "fan", "gearbox", "slider", "valve")
@@ -151,7 +151,7 @@ def build_manifest(
     """Scan ``root`` and return one row per clip (columns MANIFEST_COLUMNS), sorted by machine, split, file.
 
     ``machine_types`` None means every machine folder found. ``ground_truth`` (an eval_data_list
-    CSV or the official evaluator folder, see asd.groundtruth) labels unlabelled eval test names.
+    CSV or the official evaluator folder, see asd.data.groundtruth) labels unlabelled eval test names.
     ``supplemental_kinds`` maps a machine type to 'machine' | 'noise' ('auto' = as the names say)
     and overrides what the supplemental file names say.
     """

@@ -36,7 +36,7 @@ def gamma_threshold(train_loo_scores: np.ndarray, quantile: float = 0.9, *, name
         # A gamma fit is undefined on a constant sample; any score above the normal value is anomalous.
         return float(scores[0])
     # Imported here, not at module level: scipy.stats costs ~0.5 s to import, and importing
-    # asd.decision (e.g. via asd.scoring) should stay cheap for callers that never fit a threshold.
+    # asd.scoring.decision (e.g. via asd.scoring.score) should stay cheap for callers that never fit a threshold.
     from scipy import stats
 
     shape, loc, scale = stats.gamma.fit(scores)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from asd.dataset import DEV_MACHINE_TYPES, EVAL_MACHINE_TYPES
+from asd.data.dataset import DEV_MACHINE_TYPES, EVAL_MACHINE_TYPES
 from asd.errors import AsdError
 from asd.io import write_json
 
@@ -118,7 +118,7 @@ def _fetch(url: str, archive: Path, *, progress: bool) -> str:
     except urllib.error.HTTPError as error:
         raise AsdError(
             f"{url}: the server answered HTTP {error.code} ({error.reason}); check the URL (the official "
-            "ones are in asd.download.official_urls) and try again later."
+            "ones are in asd.data.download.official_urls) and try again later."
         ) from error
     except (urllib.error.URLError, OSError) as error:
         raise AsdError(

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asd.beats import BEATs
+from asd.model.beats import BEATs
 
 CHECKPOINT_FORMAT = "asd-epoch-checkpoint-v1"
 
@@ -329,12 +329,12 @@ def build_backbone(settings: dict) -> tuple[BEATs, dict]:
     With no checkpoint the backbone is randomly initialised from a fixed seed (so every job
     rebuilds the same one) and labelled ``random_init``.
     """
-    from asd import beats
+    from asd.model import beats
     from asd.fingerprint import file_sha256
 
     path, num_layers = settings.get("checkpoint"), settings["num_layers"]
     if path:
-        from asd.pretrain import read_marker
+        from asd.model.pretrain import read_marker
 
         model = beats.load_beats(path, num_layers=num_layers)
         identity = {"checkpoint": str(path), "sha256": file_sha256(path), "random_init": False,

@@ -15,7 +15,7 @@ import pandas as pd
 
 from asd.errors import AsdError
 from asd.io import write_csv, write_json, write_text
-from asd.metrics import EPS, harmonic_mean, machine_metrics, official_score
+from asd.evaluation.metrics import EPS, harmonic_mean, machine_metrics, official_score
 from asd.store import read_scores
 
 ROWS = {"AUC Source": "AUC_source", "AUC Target": "AUC_target", "pAUC": "pAUC"}
@@ -24,7 +24,7 @@ ALL = "All (hmean)"
 
 def labelled_test_scores(scores_path: str, *, machine: str, ground_truth: str | None) -> pd.DataFrame:
     """The test rows of a score CSV, labelled from the ground truth where their names carry no label."""
-    from asd.dataset import apply_ground_truth
+    from asd.data.dataset import apply_ground_truth
 
     table = read_scores(scores_path)
     test = table[table["role"] == "test"].reset_index(drop=True).assign(machine=machine)

@@ -157,7 +157,7 @@ def plot_fold_scores(*, score_paths: list[str], machines: list[str], systems: li
     """ROC and histogram figures of every system of a fold; ``score_paths`` is [systems x machines],
     system-major; ``ground_truth`` labels unlabelled (eval) test names. Returns the ROC curves drawn:
     system -> machine -> domain -> curve."""
-    from asd.tables import labelled_test_scores
+    from asd.evaluation.tables import labelled_test_scores
 
     backbone = train_log_backbone(train_log_path)
     paths = np.array(score_paths, dtype=object).reshape(len(systems), len(machines))  # [systems, machines]

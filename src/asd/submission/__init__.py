@@ -1,0 +1,1 @@
+"""Submission stage: the DCASE result files, meta YAML, archive and its checker."""

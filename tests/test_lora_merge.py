@@ -8,7 +8,7 @@ import torch
 
 from asd.errors import AsdError
 from asd.model.asd_model import (FROZEN_WEIGHT, ASDModel, HeadConfig, build_backbone, checkpoint_dict, load_epoch_checkpoint,
-                       load_trained_epoch, lora_checkpoint_keys, merge_lora_into_backbone, read_epoch_checkpoint)
+                                 load_trained_epoch, lora_checkpoint_keys, merge_lora_into_backbone, read_epoch_checkpoint)
 from conftest import TINY_BACKBONE
 
 F32 = dict(atol=1e-5, rtol=1e-4)  # float32 rounding: merged W0 + s·B@A vs peft's base(x) + s·B(A(x))

@@ -6,7 +6,7 @@ import torch
 
 from asd.errors import AsdError
 from asd.model.asd_model import (ASDModel, ArcFace, AttentiveStatsPooling, HeadConfig, build_backbone, checkpoint_dict,
-                       count_parameters, label_map, load_epoch_checkpoint, weighted_mean_std)
+                                 count_parameters, label_map, load_epoch_checkpoint, weighted_mean_std)
 from conftest import TINY_BACKBONE
 
 

@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from asd.errors import AsdError
 from asd.evaluation.metrics import AlignedSection, section_metrics
 from asd.evaluation.report import (pca_2d, plot_embeddings, plot_fold_scores, plot_roc, plot_score_histograms,
-                        plot_training)
+                                   plot_training)
 from asd.store import write_manifest_group
 from workflow_runner import DEMO_BACKBONE_SHA, run_workflow
 

@@ -24,7 +24,7 @@ from asd.data.features import load_features
 from asd.store import write_manifest_group
 from asd.io import atomic_path
 from asd.model.asd_model import (backbone_label, build_backbone, load_epoch_checkpoint, load_trained_epoch,
-                       read_epoch_checkpoint)
+                                 read_epoch_checkpoint)
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from asd.errors import AsdError
 from asd.data.features import feature_fingerprint, load_features
 from asd.io import atomic_path, write_csv
 from asd.model.asd_model import (ASDModel, HeadConfig, backbone_label, build_backbone, checkpoint_dict, count_parameters,
-                       class_names, label_map)
+                                 class_names, label_map)
 
 log = logging.getLogger(__name__)
 STATE_DIR = ".state"

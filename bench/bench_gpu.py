@@ -13,8 +13,8 @@ model / train / embed / features settings of config.yaml, 10 s clips = 998 frame
    epoch checkpoint loaded with its LoRA merged, every clip of a synthetic HDF5 feature cache read, embedded
    in bf16 and written;
 4. correctness on the device: scaled_dot_product_attention (the CUDA training path, the mask needing a
-   gradient) against the plain softmax attention the CPU trains with, in bf16 and fp32 on the q/k/v/mask
-   block 0 of the model builds; bf16 against fp32 embeddings of the same clips; a short training run whose
+   gradient) against the blockwise attention CPUs run (asd.model.gated_attention), in bf16 and fp32 on the
+   q/k/v/gate block 0 of the model builds; bf16 against fp32 embeddings of the same clips; a short training run whose
    loss must fall.
 
 Without a usable CUDA GPU it stops with one error message: it never falls back to the CPU. ``--device cpu
@@ -381,20 +381,20 @@ def check_attention_paths(sizes: Sizes, device: torch.device) -> dict:
     for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         inputs = attention_inputs(sizes, device, precision)
         grad_output = torch.randn(inputs[2].shape, device=device, generator=torch.Generator(device).manual_seed(5))
-        fused_out, plain_out, reference = (
+        fused_out, blockwise_out, reference = (
             attention_and_gradients(attend, inputs, as_dtype, grad_output)
             for attend, as_dtype in ((fused_gated_attention, dtype), (gated_attention, dtype),
                                      (reference_gated_attention, torch.float64)))
         tensors = {}
         for name, expected in reference.items():
             scale = expected.abs().max().item()
-            difference = (fused_out[name].double() - plain_out[name].double()).abs().max().item()
+            difference = (fused_out[name].double() - blockwise_out[name].double()).abs().max().item()
             fused_error = (fused_out[name].double() - expected).abs().max().item() / scale
-            plain_error = (plain_out[name].double() - expected).abs().max().item() / scale
+            blockwise_error = (blockwise_out[name].double() - expected).abs().max().item() / scale
             tensors[name] = {"max_abs_difference": difference,
-                             "max_rel_difference": difference / plain_out[name].double().abs().max().item(),
-                             "sdpa_error": fused_error, "plain_error": plain_error,
-                             "passed": fused_error <= max(ATTENTION_TOLERANCE[precision], 2 * plain_error)}
+                             "max_rel_difference": difference / blockwise_out[name].double().abs().max().item(),
+                             "sdpa_error": fused_error, "blockwise_error": blockwise_error,
+                             "passed": fused_error <= max(ATTENTION_TOLERANCE[precision], 2 * blockwise_error)}
         q, _, _, _, position_bias, _ = inputs
         results[precision] = {"q_shape": list(q.shape), "mask_shape": [q.shape[0], *position_bias.shape],
                               "tensors": tensors, "passed": all(row["passed"] for row in tensors.values())}
@@ -495,7 +495,7 @@ def markdown(result: dict) -> str:
     ]
     for precision, attention in correctness["attention"].items():
         lines += [f"| {precision} {attention['q_shape']} | {name} | {row['max_abs_difference']:.3g} | "
-                  f"{row['max_rel_difference']:.3g} | {row['sdpa_error']:.3g} | {row['plain_error']:.3g} | "
+                  f"{row['max_rel_difference']:.3g} | {row['sdpa_error']:.3g} | {row['blockwise_error']:.3g} | "
                   f"{pass_fail(row)} |" for name, row in attention["tensors"].items()]
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,4 @@
-"""The blockwise CPU training attention (asd.model.gated_attention) equals the plain formula and the fused path."""
+"""The blockwise CPU attention (asd.model.gated_attention) equals the plain formula and the fused path."""
 
 from __future__ import annotations
 

@@ -15,7 +15,10 @@ results/metrics/<fold>/<score set>.json there is), the
 bootstrap sd of its official score (asd.evaluation.metrics.bootstrap_official_score over its score CSVs), and the
 same for a log-mel 1-NN: per clip the mean ‖ std of its real (unpadded) cached fbank frames, scored by
 the cosine distance to the nearest training clip of its machine type (source and target pooled,
-supplemental clips left out). The goal (GOAL) is checked per draw on every evaluated fold, against the
+supplemental clips left out). Per anomaly kind (clicks, tone, modulation, rattle: the generator's
+anomaly_kinds_demo.csv), for the log-mel 1-NN and every system of the primary scorer: the AUC of a
+domain's normal test clips against that domain's anomalies of that kind, averaged over machine types,
+which shows what each representation can and cannot hear. The goal (GOAL) is checked per draw on every evaluated fold, against the
 frozen system of the submitted ensemble's scorer; a report, so it exits 0 either way. Each working
 directory (about 0.7 GB) is deleted after its report unless --keep.
 
@@ -37,10 +40,14 @@ import yaml
 
 import asd.config as cfg
 from asd.data.dataset import apply_ground_truth
+from asd.data.demo import ANOMALY_KINDS_NAME
 from asd.data.features import load_features
 from asd.io import write_json, write_text
-from asd.evaluation.metrics import AlignedSection, align_section, bootstrap_official_score, section_metrics
+from asd.evaluation.metrics import (DOMAINS, AlignedSection, align_section, bootstrap_official_score,
+                                    section_metrics)
 from asd.evaluation.tables import ALL, labelled_test_scores, table_one
+from sklearn.metrics import roc_auc_score
+
 from common import REPO, RESULTS, machine, run_snakemake
 
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
@@ -93,6 +100,25 @@ def system_row(per_machine: list[dict], sections: list[AlignedSection], *, resam
             "AUC_target": float(column["AUC Target"]), "pAUC": float(column["pAUC"]), "bootstrap": bootstrap}
 
 
+def kind_detection(sections: list[AlignedSection], kinds: list[pd.DataFrame]) -> dict[str, dict[str, float]]:
+    """kind -> domain -> the ROC AUC (percent) of that domain's normal test clips against its anomalies of that
+    kind, averaged over machine types; ``kinds`` per machine type: rows [file, domain, kind] of its test clips."""
+    per_kind: dict[str, dict[str, list[float]]] = {}
+    for section, machine_kinds in zip(sections, kinds):
+        machine_kinds = machine_kinds.sort_values("file")  # AlignedSection rows are in sorted file-name order
+        if list(machine_kinds["domain"]) != list(section.domain):
+            raise ValueError("the anomaly kinds do not list the scored test clips")
+        kind = machine_kinds["kind"].to_numpy()
+        for name in sorted(set(kind) - {"normal"}):
+            for domain in DOMAINS:
+                clips = (section.domain == domain) & np.isin(kind, ["normal", name])
+                if (kind[clips] == name).any():
+                    auc = roc_auc_score(section.label[clips], section.score[clips])
+                    per_kind.setdefault(name, {}).setdefault(domain, []).append(100 * float(auc))
+    return {name: {domain: float(np.mean(aucs)) for domain, aucs in domains.items()}
+            for name, domains in per_kind.items()}
+
+
 def score_set_order(name: str) -> tuple:
     """Scorer-major, the primary scorer (plain names) first; then frozen, epochs in order, ensembles."""
     system, _, scorer = name.partition("@")
@@ -107,15 +133,21 @@ def fold_report(workdir: Path, config: dict, fold: str, *, resamples: int) -> di
     ground_truth = None if truth_path is None else str(workdir / truth_path)
     reference = [logmel_nearest_neighbour(workdir / "results" / "features" / dataset / f"{m}.h5",
                                           machine_type=m, ground_truth=ground_truth) for m in machine_types]
+    all_kinds = pd.read_csv(workdir / Path(config["datasets"][dataset]["root"]).parents[1] / ANOMALY_KINDS_NAME)
+    kinds = [all_kinds[all_kinds["machine"] == m] for m in machine_types]
     systems = {REFERENCE: system_row([{"machine": m, **section_metrics(s)} for m, s in zip(machine_types, reference)],
                                      reference, resamples=resamples)}
+    by_kind = {REFERENCE: kind_detection(reference, kinds)}
     metric_files = {path.stem: path for path in (workdir / "results" / "metrics" / fold).glob("*.json")}
     for system in sorted(metric_files, key=score_set_order):
         metrics = json.loads(metric_files[system].read_text())
         sections = [aligned(labelled_test_scores(str(workdir / "results" / "scores" / fold / m / f"{system}.csv"),
                                                  machine=m, ground_truth=ground_truth), m) for m in machine_types]
         systems[system] = system_row(metrics["machines"], sections, resamples=resamples)
-    return {"machine_types": machine_types, "test_clips": sum(len(s.label) for s in reference), "systems": systems}
+        if "@" not in system:  # the primary scorer's score sets
+            by_kind[system] = kind_detection(sections, kinds)
+    return {"machine_types": machine_types, "test_clips": sum(len(s.label) for s in reference), "systems": systems,
+            "by_kind": by_kind}
 
 
 def goal_check(folds: dict, submitted: dict[str, str]) -> dict:
@@ -187,7 +219,22 @@ def markdown(result: dict) -> str:
                 name = f"**{system}**" if system in report["submitted"] else system
                 lines.append(f"| {name} | {row['official']:.2f} ± {100 * row['bootstrap']['sd']:.2f} | "
                              f"{row['AUC_source']:.2f} | {row['AUC_target']:.2f} | {row['pAUC']:.2f} |")
+            lines += ["", *kind_table(fold_result["by_kind"], shown=[REFERENCE, cfg.FROZEN, *report["submitted"]])]
     return "\n".join(lines) + "\n"
+
+
+def kind_table(by_kind: dict, *, shown: list[str]) -> list[str]:
+    """Markdown: per anomaly kind, each shown system's same-domain AUC, source / target."""
+    shown = [system for system in shown if system in by_kind]
+    kinds = sorted({kind for system in shown for kind in by_kind[system]})
+    lines = ["Per anomaly kind: AUC of a domain's normal clips against its anomalies of that kind (mean over "
+             "machine types), source / target:", "",
+             "| anomaly kind | " + " | ".join(shown) + " |", "| --- |" + " ---: |" * len(shown)]
+    for kind in kinds:
+        cells = [" / ".join(f"{by_kind[system][kind].get(domain, float('nan')):.1f}" for domain in DOMAINS)
+                 for system in shown]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:

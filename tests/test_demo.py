@@ -79,6 +79,30 @@ def test_eval_ground_truth_matches_attributes_csv_and_is_shuffled(demo):
         assert np.count_nonzero(groups[1:] != groups[:-1]) >= 10, f"{machine} test order is not shuffled"
 
 
+def envelope_spread_db(sound: np.ndarray) -> float:
+    """Standard deviation of the clip's level over 50 ms frames, dB."""
+    frames = sound[: len(sound) // 800 * 800].reshape(-1, 800)  # [frames, 800]
+    return float(np.std(10 * np.log10((frames**2).mean(axis=1) + 1e-12)))
+
+
+def test_anomaly_kinds_list_every_test_clip_and_match_its_sound(demo):
+    info, manifest = demo
+    kinds = pd.read_csv(info["anomaly_kinds"])
+    test = manifest.query("split == 'test'").merge(kinds, on=["machine", "file"], how="outer", indicator=True,
+                                                     validate="one_to_one", suffixes=("", "_listed"))
+    assert len(test) == 600 and (test["_merge"] == "both").all()
+    assert (test["domain"] == test["domain_listed"]).all()
+    assert ((test["kind"] == "normal") == (test["label"] == "normal")).all()
+    anomalies = test.query("label == 'anomaly'")
+    assert anomalies.groupby("domain")["kind"].apply(set).to_dict() == {
+        domain: {"clicks", "modulation", "rattle", "tone"} for domain in ("source", "target")}
+    # The listed kind is the one synthesised: amplitude modulation swells the level, which normal clips hold.
+    for (machine, domain), clips in test.query("kind in ['normal', 'modulation']").groupby(["machine", "domain"]):
+        spread = [envelope_spread_db(sf.read(path)[0]) for path in clips["path"]]
+        auc = roc_auc_score(clips["kind"] == "modulation", spread)
+        assert auc > 0.95, (machine, domain, auc)
+
+
 def test_supplemental_naming_cases_and_true_content(demo):
     info, manifest = demo
     supplemental = manifest.query("split == 'supplemental'")

@@ -7,6 +7,10 @@ shift); anomalies are clicks, an extra tone, amplitude modulation or rattles, an
 normalised to a random loudness so that level alone tells nothing. Supplemental folders cover
 every naming case: names that say machine, names that say noise, and neutral names (one
 noise-only, one clean machine) left to the pipeline's noise detector.
+
+Besides the distributed layout it writes ``anomaly_kinds_demo.csv``: the anomaly kind of every test
+clip (``normal`` for normal ones), by its distributed name. The pipeline never reads it;
+bench/accuracy.py uses it to show which kinds of anomaly a system detects.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from asd.io import write_text
 
 SAMPLE_RATE = 16000
 GROUND_TRUTH_NAME = "eval_data_list_demo.csv"
+ANOMALY_KINDS_NAME = "anomaly_kinds_demo.csv"  # machine,file,domain,kind of every test clip
 _MARKER = ".asd_demo"  # marks a folder this module wrote, so a rerun may replace it
 _ANOMALY_TYPES = ("clicks", "tone", "modulation", "rattle")
 
@@ -135,8 +140,9 @@ def generate_demo(out_root: str | os.PathLike, *, seed: int = 0, scale: str = "d
     ``workers`` processes synthesise machine types in parallel.
 
     Layout: ``dev_data/raw/<machine>/...`` (labelled test names), ``eval_data/raw/<machine>/...``
-    (unlabelled ``section_00_NNNN.wav`` test names) and ``eval_data_list_demo.csv``. The same
-    seed gives byte-identical files. A previous demo in ``out_root`` is replaced.
+    (unlabelled ``section_00_NNNN.wav`` test names), ``eval_data_list_demo.csv`` and
+    ``anomaly_kinds_demo.csv``. The same seed gives byte-identical files. A previous demo in
+    ``out_root`` is replaced.
     """
     if scale not in SCALES:
         raise AsdError(f"demo scale {scale!r} is unknown; use one of {', '.join(SCALES)}.")
@@ -155,20 +161,25 @@ def generate_demo(out_root: str | os.PathLike, *, seed: int = 0, scale: str = "d
         write_machine = functools.partial(_write_machine, staging=staging, seed=seed, scale=SCALES[scale])
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers) if workers > 1 else \
                 contextlib.nullcontext() as pool:
-            lines = list((pool.map if pool else map)(write_machine, range(len(_MACHINES))))
-        write_text(staging / GROUND_TRUTH_NAME, "\n".join(line for machine in lines for line in machine) + "\n")
+            written = list((pool.map if pool else map)(write_machine, range(len(_MACHINES))))
+        write_text(staging / GROUND_TRUTH_NAME,
+                   "\n".join(line for truth_lines, _ in written for line in truth_lines) + "\n")
+        write_text(staging / ANOMALY_KINDS_NAME,
+                   "\n".join(["machine,file,domain,kind", *(row for _, rows in written for row in rows)]) + "\n")
         for dataset in ("dev_data", "eval_data"):
             write_text(staging / dataset / _MARKER, f"seed={seed} scale={scale}\n")
             if (out_root / dataset).exists():
                 shutil.rmtree(out_root / dataset)
             os.replace(staging / dataset, out_root / dataset)
-        os.replace(staging / GROUND_TRUTH_NAME, out_root / GROUND_TRUTH_NAME)
+        for name in (GROUND_TRUTH_NAME, ANOMALY_KINDS_NAME):
+            os.replace(staging / name, out_root / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {
         "dev_root": str(out_root / "dev_data" / "raw"),
         "eval_root": str(out_root / "eval_data" / "raw"),
         "ground_truth": str(out_root / GROUND_TRUTH_NAME),
+        "anomaly_kinds": str(out_root / ANOMALY_KINDS_NAME),
         "machine_types": {
             dataset: [spec.name for spec in _MACHINES if spec.dataset == dataset] for dataset in ("dev", "eval")
         },
@@ -176,19 +187,23 @@ def generate_demo(out_root: str | os.PathLike, *, seed: int = 0, scale: str = "d
     }
 
 
-def _write_machine(machine_index: int, *, staging: Path, seed: int, scale: _Scale) -> list[str]:
-    """Synthesise one machine type's clips into ``staging``; its ground-truth lines (eval machine types)."""
+def _write_machine(machine_index: int, *, staging: Path, seed: int, scale: _Scale) -> tuple[list[str], list[str]]:
+    """Synthesise one machine type's clips into ``staging``; its ground-truth lines (eval machine types) and
+    its anomaly-kind rows (every test clip)."""
     spec = _MACHINES[machine_index]
     rng = np.random.default_rng([seed, machine_index])
     clips = _plan_clips(spec, scale, rng)
     folder = staging / f"{spec.dataset}_data" / "raw" / spec.name
+    kinds = {}
     for clip in clips:
-        _write_wav(folder / clip.split / clip.name, _synthesise(spec, clip, seed=seed, rng=rng))
+        sound, kinds[clip.name] = _synthesise(spec, clip, seed=seed, rng=rng)
+        _write_wav(folder / clip.split / clip.name, sound)
     _write_attributes_csv(folder, spec, clips)
-    if spec.dataset != "eval":
-        return []
     test_clips = sorted((clip for clip in clips if clip.split == "test"), key=lambda clip: clip.name)
-    return [spec.name] + [f"{clip.name},{clip.original_name}" for clip in test_clips]
+    kind_rows = [f"{spec.name},{clip.name},{clip.domain},{kinds[clip.name] or 'normal'}" for clip in test_clips]
+    if spec.dataset != "eval":
+        return [], kind_rows
+    return [spec.name] + [f"{clip.name},{clip.original_name}" for clip in test_clips], kind_rows
 
 
 def _attribute_string(attributes: Attributes) -> str:
@@ -244,27 +259,30 @@ def _plan_clips(spec: _MachineSpec, scale: _Scale, rng: np.random.Generator) -> 
     return clips + test_clips
 
 
-def _synthesise(spec: _MachineSpec, clip: _Clip, *, seed: int, rng: np.random.Generator) -> np.ndarray:
-    """One clip, float64 [samples], RMS at clip.gain_db dBFS."""
+def _synthesise(
+    spec: _MachineSpec, clip: _Clip, *, seed: int, rng: np.random.Generator
+) -> tuple[np.ndarray, str | None]:
+    """One clip, float64 [samples], RMS at clip.gain_db dBFS, and its anomaly kind (None: normal)."""
     samples = int(round(clip.seconds * SAMPLE_RATE))
     slope, machine_to_noise_db = _BACKGROUND[clip.domain]
     background = _coloured_noise(rng, samples, slope=slope)
     # Slow level drift of the background, as in a factory hall.
     background *= 1.0 + 0.3 * _smooth_curve(rng, samples, points=8)
+    kind = None
     if clip.content == "noise":
         sound = background
     else:
-        machine = _machine_sound(spec, clip, seed=seed, rng=rng, samples=samples)
+        machine, kind = _machine_sound(spec, clip, seed=seed, rng=rng, samples=samples)
         snr_db = machine_to_noise_db + rng.normal(0.0, 1.5)
         sound = machine + background * 10 ** (-snr_db / 20)
     sound *= 10 ** (clip.gain_db / 20) / np.sqrt(np.mean(sound**2))
-    return sound
+    return sound, kind
 
 
 def _machine_sound(
     spec: _MachineSpec, clip: _Clip, *, seed: int, rng: np.random.Generator, samples: int
-) -> np.ndarray:
-    """Harmonic motor hum + broadband whir (RMS 1), with the clip's anomaly if it has one."""
+) -> tuple[np.ndarray, str | None]:
+    """Harmonic motor hum + broadband whir (RMS 1), with the clip's anomaly if it has one; the anomaly's kind."""
     time = np.arange(samples) / SAMPLE_RATE
     # The harmonic profile is a fixed function of the machine and its attribute setting.
     setting_rng = np.random.default_rng(
@@ -293,10 +311,11 @@ def _machine_sound(
     whir *= 1.0 + 0.3 * np.sin(2 * np.pi * fundamental * time)
     machine = _unit_rms(hum) + 0.4 * _unit_rms(whir)
 
+    kind = None
     if clip.label == "anomaly":
         kind = _ANOMALY_TYPES[rng.integers(len(_ANOMALY_TYPES))]
         machine = _add_anomaly(kind, machine, rng=rng, time=time, fundamental=fundamental, phase=phase)
-    return _unit_rms(machine)
+    return _unit_rms(machine), kind
 
 
 def _add_anomaly(

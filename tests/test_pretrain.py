@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from asd.model.beats import DEMO, BEATs, BEATsConfig, load_beats
 from asd.cli import build_parser
 from asd.data.demo import _MACHINES as DEMO_MACHINES
 from asd.errors import AsdError
+from asd.fingerprint import recorded_backbone_label
 
 TINY = pretrain.PretrainSettings(
     machine_types=4, conditions=2, clips_per_condition=4, heldout_clips_per_condition=2, probe_types=3,
@@ -156,6 +158,19 @@ def test_shipped_checkpoint_matches_its_sha256_and_loads_strictly():
     assert details["format"] == pretrain.FORMAT
     assert details["settings"] == {**vars(pretrain.PretrainSettings())}  # built with the defaults `make pretrain` uses
     assert details["metrics"]["heldout"]["class_accuracy"] > 0.8
+    # The workflow names it at parse time, without torch, from the report `asd pretrain` wrote beside it.
+    assert recorded_backbone_label(str(SHIPPED), digest) == pretrain.LABEL
+
+
+def test_recorded_label_only_for_the_weights_it_was_recorded_for(tmp_path):
+    path = tmp_path / "backbone.pt"
+    path.write_bytes(b"weights")
+    assert recorded_backbone_label(str(path), "abc") is None  # no report
+    (tmp_path / "backbone.pt.json").write_text(json.dumps({"label": pretrain.LABEL, "sha256": "abc"}))
+    assert recorded_backbone_label(str(path), "abc") == pretrain.LABEL
+    assert recorded_backbone_label(str(path), "other weights") is None  # replaced weights keep no stale label
+    (tmp_path / "backbone.pt.json").write_text("{not json")
+    assert recorded_backbone_label(str(path), "abc") is None
 
 
 @needs_shipped

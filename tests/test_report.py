@@ -18,6 +18,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
 from asd.errors import AsdError
+from asd.model.pretrain import LABEL
 from asd.evaluation.metrics import AlignedSection, section_metrics
 from asd.evaluation.report import (pca_2d, plot_embeddings, plot_fold_scores, plot_roc, plot_score_histograms,
                                    plot_training)
@@ -231,4 +232,6 @@ def test_snakemake_report_holds_every_figure(reference_run, tmp_path):
     assert html.count("data:image/png") == len(figures)  # every figure embedded in the self-contained file
     for path in figures + [f"results/tables/{fold}/{system}.md" for fold in folds for system in systems]:
         assert f'"{path}"' in html
-    assert html.count(f"Backbone: backbone checkpoint demo_backbone.pt (sha256 {DEMO_BACKBONE_SHA}).") >= len(figures)  # captions
+    caption = f"Backbone: {LABEL}: backbone checkpoint demo_backbone.pt (sha256 {DEMO_BACKBONE_SHA})."
+    # Captions say what the backbone is, not only its file (in the HTML's JSON, non-ASCII is escaped).
+    assert html.count(json.dumps(caption)[1:-1]) >= len(figures)

@@ -58,6 +58,18 @@ def file_sha256(path: str | os.PathLike) -> str:
     return cache[key]
 
 
+def recorded_backbone_label(path: str, weights: str) -> str | None:
+    """The label ``asd pretrain`` recorded in ``<path>.json`` for exactly these weights (sha256 ``weights``),
+    else None. Read without torch, so the workflow can name the backbone while it parses."""
+    report = Path(f"{path}.json")
+    try:
+        recorded = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return None
+    label = recorded.get("label") if isinstance(recorded, dict) else None
+    return label if isinstance(label, str) and recorded.get("sha256") == weights else None
+
+
 def resolve_checkpoint(path: str | None, pipeline_dir: str | os.PathLike) -> str | None:
     """``backbone.checkpoint`` as a path to open: a relative one that is not in the working directory
     is taken from the pipeline's own folder, where the shipped demo backbone lives (so the demo also

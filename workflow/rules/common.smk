@@ -8,7 +8,7 @@ from pathlib import Path
 import asd.config as cfg
 from asd.errors import AsdError
 from asd.data.dataset import machine_files
-from asd.fingerprint import STAGE_VERSIONS, backbone_identity, resolve_checkpoint
+from asd.fingerprint import STAGE_VERSIONS, backbone_identity, recorded_backbone_label, resolve_checkpoint
 
 
 FOLDS = list(config["folds"])

@@ -11,11 +11,13 @@ EMBEDDING_PLOT_SYSTEMS = [cfg.FROZEN] + [
     f"epoch_{e}" for e in sorted({max(epochs) for epochs in config["ensembles"].values()} or {SCORED_EPOCHS[-1]})
 ]
 # How captions name the configured backbone; the figure titles name the one the run recorded.
-BACKBONE_CAPTION = (
-    "random-init backbone (no pre-trained weights)"
-    if config["backbone"]["checkpoint"] is None
-    else f"backbone checkpoint {Path(config['backbone']['checkpoint']).name} (sha256 {BACKBONE['weights'][:12]})"
-)
+if config["backbone"]["checkpoint"] is None:
+    BACKBONE_CAPTION = "random-init backbone (no pre-trained weights)"
+else:
+    BACKBONE_CAPTION = (
+        f"backbone checkpoint {Path(config['backbone']['checkpoint']).name} (sha256 {BACKBONE['weights'][:12]})")
+    if label := recorded_backbone_label(config["backbone"]["checkpoint"], BACKBONE["weights"]):
+        BACKBONE_CAPTION = f"{label}: {BACKBONE_CAPTION}"
 # kind -> one report-marked PNG per system, {fold} left open for rule plots_scores.
 SCORE_FIGURES = {
     kind: [report(f"results/plots/{{fold}}/{kind}_{system}.png", caption=f"../report/{kind}.rst",

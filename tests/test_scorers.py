@@ -157,6 +157,20 @@ def test_knn_rescale_caps_k_ref_at_a_small_bank():
         run_scorer({"method": "knn_rescale", "k_ref": 1}, two_clips, test, scoring=SCORING, name="fanA")
 
 
+def test_knn_rescale_ignores_copies_of_a_bank_clip():
+    banks, test = tiny_banks()
+    copied = {"source": np.concatenate([banks["source"], banks["source"][[2, 2]]]), "target": banks["target"]}
+    plain = run_scorer({"method": "knn_rescale", "k_ref": 2}, banks, test, scoring=SCORING, name="fanA")
+    with_copies = run_scorer({"method": "knn_rescale", "k_ref": 2}, copied, test, scoring=SCORING, name="fanA")
+    # A clip listed three times: its copies are neither references nor a density of 0 that makes scores explode.
+    np.testing.assert_allclose(with_copies[1]["source"], plain[1]["source"], rtol=1e-9)
+    np.testing.assert_allclose(with_copies[0], plain[0], rtol=1e-9)
+    assert np.isfinite(with_copies[2]["source"]).all() and with_copies[2]["source"].max() < 100
+    one_clip = {"source": np.repeat(banks["source"][:1], 4, axis=0), "target": banks["target"]}
+    with pytest.raises(AsdError, match=r"source bank\): every clip of the bank is a copy of one clip"):
+        run_scorer({"method": "knn_rescale", "k_ref": 2}, one_clip, test, scoring=SCORING, name="fanA")
+
+
 # ----------------------------------------------------------------------------- target_mixup
 
 

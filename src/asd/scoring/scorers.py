@@ -8,7 +8,7 @@ config runs in the same scoring job on the same embeddings (read once). Methods:
   ``scoring`` section and may be set per scorer, e.g. ``knn_domain_norm``).
 - ``knn_rescale`` -- local-density rescaling (Wilkinghoff, ICASSP 2025): the distance to the
   nearest bank clip divided by that clip's mean distance to its own ``k_ref`` nearest bank
-  neighbours (at most the bank's size - 2), per domain, then the min.
+  neighbours (at most the bank's size - 2; copies of the clip do not count), per domain, then the min.
 - ``target_mixup`` -- the small target bank augmented with ``count`` clips interpolated from target
   clips towards one of their ``neighbours`` nearest source clips (weight drawn in [0, ``weight``];
   MemMixup / SMOTE), then the paper's k-NN (k = 1).
@@ -41,6 +41,7 @@ METHODS = ("knn", "knn_rescale", "target_mixup", "kmeans")
 KMEANS_FOLDS = 10  # bank clips scored by centroids fitted without their tenth of the bank
 KMEANS_ITERATIONS = 100
 SEED = 0  # target_mixup's interpolations and kmeans' initialisation are fixed functions of the bank
+DUPLICATE_DISTANCE = 1e-6  # cosine distance at or below which two bank clips are copies of one clip
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -87,7 +88,9 @@ def score_knn(banks: Banks, test: np.ndarray, *, k: int, separate_domain_banks: 
 
 def score_knn_rescale(banks: Banks, test: np.ndarray, *, k_ref: int, name: str) -> Scores:
     """A small bank (the demo's 4 target clips) uses as many reference neighbours as it has: k_ref is capped at
-    its size - 2 (a left-out clip and the nearest clip itself are not references)."""
+    its size - 2 (a left-out clip and the nearest clip itself are not references). Copies of the nearest clip
+    in the bank (a file listed twice) are not references either: their distance 0 says nothing of the density
+    around it and would make every score near that clip huge."""
     units = {d: _unit(bank) for d, bank in banks.items()}
     own_distances = {d: _distances(bank, bank) for d, bank in units.items()}  # [M, M] per domain
     references = {}
@@ -107,11 +110,17 @@ def score_knn_rescale(banks: Banks, test: np.ndarray, *, k_ref: int, name: str) 
             to_bank[rows, left_out] = np.inf
         nearest = np.argmin(to_bank, axis=1)  # [Q]
         neighbours = own_distances[domain][nearest].copy()  # [Q, M]: the nearest clip's distances to its bank
-        neighbours[rows, nearest] = np.inf  # not to itself
+        neighbours[neighbours <= DUPLICATE_DISTANCE] = np.inf  # not to itself, nor to its copies
         if left_out is not None:
             neighbours[rows, left_out] = np.inf  # nor to the left-out clip
-        reference = np.sort(neighbours, axis=1)[:, :references[domain]].mean(axis=1)  # [Q] density at the nearest
-        return to_bank[rows, nearest] / np.maximum(reference, 1e-12)
+        closest = np.sort(neighbours, axis=1)[:, :references[domain]]  # [Q, k_ref]
+        found = np.isfinite(closest)
+        if not found.any(axis=1).all():
+            raise AsdError(f"{name} ({domain} bank): every clip of the bank is a copy of one clip, so knn_rescale's "
+                           "local density is undefined; check the training clips, or remove knn_rescale from "
+                           "'scorers'.")
+        reference = np.where(found, closest, 0.0).sum(axis=1) / found.sum(axis=1)  # [Q] density at the nearest
+        return to_bank[rows, nearest] / reference
 
     return _per_domain(banks, test, distance, name=name)
 

@@ -56,6 +56,19 @@ bench-accuracy: $(STAMP)
 bench-gpu: $(STAMP)
 	$(BIN)/python bench/bench_gpu.py
 
+## wheels of what a lent GPU machine without network lacks (Python 3.12), for bench/gpu_device.sh
+DEVICE_WHEELS := soundfile cffi pycparser jsonschema jsonschema-specifications referencing rpds-py
+.PHONY: gpu-wheels
+gpu-wheels: $(STAMP)
+	rm -rf .whl && mkdir .whl
+	for name in $(DEVICE_WHEELS); do \
+	  version=$$($(BIN)/python -m pip show $$name | sed -n 's/^Version: //p'); \
+	  $(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    -d .whl "$$name==$$version" || exit 1; \
+	done
+	ls .whl
+
 ## what torch sees: its CUDA build, the driver's GPUs, bf16 support (run it on a GPU node)
 gpu-check: $(STAMP)
 	$(BIN)/python -c "import torch; print('torch', torch.__version__, 'built for CUDA', torch.version.cuda); \

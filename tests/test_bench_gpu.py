@@ -50,3 +50,39 @@ def test_tiny_cpu_run_writes_every_section_and_passes_its_checks(tmp_path):
     assert [row["met"] for row in result["targets"]] == [None, None, None]  # tiny sizes are never judged
     markdown = (tmp_path / "gpu.md").read_text()
     assert markdown in completed.stdout and "| target | measured | goal | met |" in markdown
+
+
+# ----------------------------------------------------------------------------- bench/gpu_device.sh
+
+DEVICE_SCRIPT = REPO / "bench" / "gpu_device.sh"
+
+
+def gpu_device(tmp_path: Path, wheels: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**ENV, "PYTHON": sys.executable, "WHEELS": str(wheels), "SITE": str(tmp_path / "site"),
+           "OUT": str(tmp_path / "out")}
+    return subprocess.run(["bash", str(DEVICE_SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_device_script_without_wheels_names_make_gpu_wheels(tmp_path):
+    completed = gpu_device(tmp_path, tmp_path / "missing")
+    assert completed.returncode == 1
+    assert "run 'make gpu-wheels' here and carry .whl" in completed.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_device_script_installs_the_carried_wheels_then_runs_the_benchmark(tmp_path):
+    # A stand-in for the carried wheels: one built here, offline, that the benchmark's imports can see.
+    project = tmp_path / "probe"
+    (project / "asd_device_probe").mkdir(parents=True)
+    (project / "asd_device_probe" / "__init__.py").write_text("CARRIED = True\n")
+    (project / "pyproject.toml").write_text('[project]\nname = "asd-device-probe"\nversion = "1.0"\n')
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "wheels"), str(project)], check=True, capture_output=True, timeout=300)
+    completed = gpu_device(tmp_path, tmp_path / "wheels", "--device", "cpu", "--tiny")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / "site" / "asd_device_probe" / "__init__.py").is_file()
+    assert completed.stdout.startswith("python 3.") and "no CUDA device" in completed.stdout.splitlines()[0]
+    result = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert result["mode"] == "tiny" and result["correctness"]["passed"]
+    assert (tmp_path / "out" / "gpu.md").is_file()

@@ -14,7 +14,8 @@ model / train / embed / features settings of config.yaml, 10 s clips = 998 frame
    in bf16 and written;
 4. correctness on the device: scaled_dot_product_attention (the CUDA training path, the mask needing a
    gradient) against the blockwise attention CPUs run (asd.model.gated_attention), in bf16 and fp32 on the
-   q/k/v/gate block 0 of the model builds; bf16 against fp32 embeddings of the same clips; a short training run whose
+   q/k/v/gate block 0 of the model builds, and SDPA's output without gradients (the embedding path, where CUDA
+   may choose another kernel); bf16 against fp32 embeddings of the same clips; a short training run whose
    loss must fall.
 
 Without a usable CUDA GPU it stops with one error message: it never falls back to the CPU. ``--device cpu
@@ -376,7 +377,8 @@ def attention_and_gradients(attend: Callable, inputs: tuple[torch.Tensor, ...], 
 
 def check_attention_paths(sizes: Sizes, device: torch.device) -> dict:
     """SDPA (the CUDA training path) against asd.model.gated_attention (the CPU training path), in bf16 and fp32:
-    their difference, and each one's error against the plain maths in float64."""
+    their difference, and each one's error against the plain maths in float64. Also SDPA's output without
+    gradients (embedding: nothing requires a gradient, so CUDA may pick another kernel, e.g. cuDNN's)."""
     results = {}
     for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         inputs = attention_inputs(sizes, device, precision)
@@ -385,6 +387,11 @@ def check_attention_paths(sizes: Sizes, device: torch.device) -> dict:
             attention_and_gradients(attend, inputs, as_dtype, grad_output)
             for attend, as_dtype in ((fused_gated_attention, dtype), (gated_attention, dtype),
                                      (reference_gated_attention, torch.float64)))
+        with torch.no_grad():
+            *trained, position_bias, padding = inputs
+            fused_out["output, no grad"] = fused_gated_attention(*(t.to(dtype) for t in trained),
+                                                                 position_bias.to(dtype), padding)
+        blockwise_out["output, no grad"], reference["output, no grad"] = blockwise_out["output"], reference["output"]
         tensors = {}
         for name, expected in reference.items():
             scale = expected.abs().max().item()

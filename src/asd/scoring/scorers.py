@@ -110,7 +110,8 @@ def score_knn_rescale(banks: Banks, test: np.ndarray, *, k_ref: int, name: str) 
             to_bank[rows, left_out] = np.inf
         nearest = np.argmin(to_bank, axis=1)  # [Q]
         neighbours = own_distances[domain][nearest].copy()  # [Q, M]: the nearest clip's distances to its bank
-        neighbours[neighbours <= DUPLICATE_DISTANCE] = np.inf  # not to itself, nor to its copies
+        neighbours[rows, nearest] = np.inf  # not to itself
+        neighbours[neighbours <= DUPLICATE_DISTANCE] = np.inf  # nor to its copies
         if left_out is not None:
             neighbours[rows, left_out] = np.inf  # nor to the left-out clip
         closest = np.sort(neighbours, axis=1)[:, :references[domain]]  # [Q, k_ref]

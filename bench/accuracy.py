@@ -18,8 +18,8 @@ the cosine distance to the nearest training clip of its machine type (source and
 supplemental clips left out). Per anomaly kind (clicks, tone, modulation, rattle: the generator's
 anomaly_kinds_demo.csv), for the log-mel 1-NN and every system of the primary scorer: the AUC of a
 domain's normal test clips against that domain's anomalies of that kind, averaged over machine types,
-which shows what each representation can and cannot hear. The goal (GOAL) is checked per draw on every evaluated fold, against the
-frozen system of the submitted ensemble's scorer; a report, so it exits 0 either way. Each working
+which shows what each representation can and cannot hear. The goal (GOAL) is checked per draw on every
+evaluated fold, against the frozen system of the submitted ensemble's scorer; a report, so it exits 0 either way. Each working
 directory (about 0.7 GB) is deleted after its report unless --keep.
 
     .venv/bin/python bench/accuracy.py [--draws demo,fresh] [--cores 2] [--resamples 1000] [--keep]
@@ -43,11 +43,9 @@ from asd.data.dataset import apply_ground_truth
 from asd.data.demo import ANOMALY_KINDS_NAME
 from asd.data.features import load_features
 from asd.io import write_json, write_text
-from asd.evaluation.metrics import (DOMAINS, AlignedSection, align_section, bootstrap_official_score,
+from asd.evaluation.metrics import (DOMAINS, AlignedSection, align_section, bootstrap_official_score, roc_auc,
                                     section_metrics)
 from asd.evaluation.tables import ALL, labelled_test_scores, table_one
-from sklearn.metrics import roc_auc_score
-
 from common import REPO, RESULTS, machine, run_snakemake
 
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
@@ -113,7 +111,7 @@ def kind_detection(sections: list[AlignedSection], kinds: list[pd.DataFrame]) ->
             for domain in DOMAINS:
                 clips = (section.domain == domain) & np.isin(kind, ["normal", name])
                 if (kind[clips] == name).any():
-                    auc = roc_auc_score(section.label[clips], section.score[clips])
+                    auc = roc_auc(section.label[clips], section.score[clips])
                     per_kind.setdefault(name, {}).setdefault(domain, []).append(100 * float(auc))
     return {name: {domain: float(np.mean(aucs)) for domain, aucs in domains.items()}
             for name, domains in per_kind.items()}

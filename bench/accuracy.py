@@ -18,7 +18,9 @@ the cosine distance to the nearest training clip of its machine type (source and
 supplemental clips left out). Per anomaly kind (clicks, tone, modulation, rattle: the generator's
 anomaly_kinds_demo.csv), for the log-mel 1-NN and every system of the primary scorer: the AUC of a
 domain's normal test clips against that domain's anomalies of that kind, averaged over machine types,
-which shows what each representation can and cannot hear. The goal (GOAL) is checked per draw on every
+which shows what each representation can and cannot hear; and the same per-kind AUC for a 1-NN on the frozen
+backbone's tokens after each stage (patch embedding, its LayerNorm, each block; one vector per time patch, mean ‖
+std over time), which shows where along the backbone a kind is lost. The goal (GOAL) is checked per draw on every
 evaluated fold, against the frozen system of the submitted ensemble's scorer; a report, so it exits 0 either way. Each working
 directory (about 0.7 GB) is deleted after its report unless --keep.
 
@@ -38,10 +40,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
+import torch
+
 import asd.config as cfg
 from asd.data.dataset import apply_ground_truth
 from asd.data.demo import ANOMALY_KINDS_NAME
-from asd.data.features import load_features
+from asd.data.features import FeatureSet, load_features
+from asd.fingerprint import resolve_checkpoint
+from asd.model.asd_model import build_backbone
+from asd.model.beats import BEATs
 from asd.io import write_json, write_text
 from asd.evaluation.metrics import (DOMAINS, AlignedSection, align_section, bootstrap_official_score, roc_auc,
                                     section_metrics)
@@ -70,22 +77,55 @@ def aligned(test: pd.DataFrame, machine_type: str) -> AlignedSection:
     return align_section(test[["file", "score"]], None, truth)
 
 
-def logmel_nearest_neighbour(features_path: Path, *, machine_type: str, ground_truth: str | None) -> AlignedSection:
-    """The reference system on one machine type: cosine 1-NN distance of mean ‖ std log-mel embeddings."""
-    features = load_features(features_path, splits=["train", "test"])
-    real = ~features.frame_padding_mask().numpy()[..., None]  # [clips, frames, 1]
-    frames = real.sum(axis=1)  # [clips, 1]
-    fbank = features.fbank.astype(np.float32)  # [clips, frames, 128]
-    mean = (fbank * real).sum(axis=1) / frames
-    std = np.sqrt((((fbank - mean[:, None]) ** 2) * real).sum(axis=1) / frames)
-    embedding = np.concatenate([mean, std], axis=1)  # [clips, 256]
-    embedding /= np.linalg.norm(embedding, axis=1, keepdims=True)
+def mean_std_over_time(frames: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """[clips, frames, D] and the real-frame mask [clips, frames] -> [clips, 2D]: mean ‖ std over real frames."""
+    real = real[..., None].astype(np.float32)  # [clips, frames, 1]
+    count = real.sum(axis=1)  # [clips, 1]
+    mean = (frames * real).sum(axis=1) / count
+    std = np.sqrt((((frames - mean[:, None]) ** 2) * real).sum(axis=1) / count)
+    return np.concatenate([mean, std], axis=1)
+
+
+def nearest_neighbour(embedding: np.ndarray, features: FeatureSet, *, machine_type: str,
+                      ground_truth: str | None) -> AlignedSection:
+    """Test clips scored by the cosine distance of their embedding to the nearest training clip's (source and
+    target pooled); ``embedding`` [clips, D] in ``features``' row order (train and test splits)."""
+    embedding = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
     split = features.manifest["split"].to_numpy()
     test = features.manifest[split == "test"].reset_index(drop=True)
     if ground_truth is not None:
         apply_ground_truth(test, ground_truth)
     test["score"] = 1.0 - (embedding[split == "test"] @ embedding[split == "train"].T).max(axis=1)
     return aligned(test, machine_type)
+
+
+def logmel_nearest_neighbour(features: FeatureSet, *, machine_type: str, ground_truth: str | None) -> AlignedSection:
+    """The reference system on one machine type: cosine 1-NN distance of mean ‖ std log-mel embeddings."""
+    real = ~features.frame_padding_mask().numpy()  # [clips, frames]
+    embedding = mean_std_over_time(features.fbank.astype(np.float32), real)  # [clips, 256]
+    return nearest_neighbour(embedding, features, machine_type=machine_type, ground_truth=ground_truth)
+
+
+@torch.no_grad()
+def backbone_stages(backbone: BEATs, features: FeatureSet, *, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Stage name -> [clips, 2·F'·C]: the frozen backbone's tokens after each stage, one vector per time patch
+    (its F' frequency patches side by side), mean ‖ std over the clip's real time patches. Keeping frequency
+    apart and taking the spread over time is the pooling that can best hear a level that changes over time."""
+    frequency_patches = features.fbank.shape[2] // backbone.config.input_patch_size
+    frame_mask = features.frame_padding_mask()
+    stages: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(frame_mask), batch_size):
+        fbank = torch.from_numpy(features.fbank[start:start + batch_size]).float()  # [B, frames, 128]
+        patches = backbone.patch_embedding(fbank.unsqueeze(1)).flatten(2).transpose(1, 2)  # [B, N, C], time-major
+        _, token_mask, hidden = backbone.forward_fbank(fbank, frame_mask[start:start + batch_size], output_layers=True)
+        outputs = {"patch embedding": patches, "patch embedding + LayerNorm": backbone.layer_norm(patches),
+                   **{f"block {i}": tokens for i, tokens in enumerate(hidden[1:], 1)}}
+        real = ~token_mask[:, ::frequency_patches]  # [B, T']: a time patch is padding in all its frequency patches
+        for name, tokens in outputs.items():
+            count, n, channels = tokens.shape
+            frames = tokens.float().reshape(count, n // frequency_patches, frequency_patches * channels)  # [B, T', F'·C]
+            stages.setdefault(name, []).append(mean_std_over_time(frames.numpy(), real.numpy()))
+    return {name: np.concatenate(parts) for name, parts in stages.items()}
 
 
 def system_row(per_machine: list[dict], sections: list[AlignedSection], *, resamples: int) -> dict:
@@ -129,10 +169,21 @@ def fold_report(workdir: Path, config: dict, fold: str, *, resamples: int) -> di
     dataset = cfg.fold_dataset(config, fold)
     truth_path = config["datasets"][dataset]["ground_truth"]
     ground_truth = None if truth_path is None else str(workdir / truth_path)
-    reference = [logmel_nearest_neighbour(workdir / "results" / "features" / dataset / f"{m}.h5",
-                                          machine_type=m, ground_truth=ground_truth) for m in machine_types]
+    features = [load_features(workdir / "results" / "features" / dataset / f"{m}.h5", splits=["train", "test"])
+                for m in machine_types]
+    reference = [logmel_nearest_neighbour(f, machine_type=m, ground_truth=ground_truth)
+                 for m, f in zip(machine_types, features)]
     all_kinds = pd.read_csv(workdir / Path(config["datasets"][dataset]["root"]).parents[1] / ANOMALY_KINDS_NAME)
     kinds = [all_kinds[all_kinds["machine"] == m] for m in machine_types]
+    backbone, _ = build_backbone({**config["backbone"],
+                                  "checkpoint": resolve_checkpoint(config["backbone"]["checkpoint"], REPO)})
+    stage_sections: dict[str, list[AlignedSection]] = {}
+    for m, f in zip(machine_types, features):
+        for stage, embedding in backbone_stages(backbone.eval(), f).items():
+            stage_sections.setdefault(stage, []).append(
+                nearest_neighbour(embedding, f, machine_type=m, ground_truth=ground_truth))
+    by_stage = {REFERENCE: kind_detection(reference, kinds),
+                **{stage: kind_detection(sections, kinds) for stage, sections in stage_sections.items()}}
     systems = {REFERENCE: system_row([{"machine": m, **section_metrics(s)} for m, s in zip(machine_types, reference)],
                                      reference, resamples=resamples)}
     by_kind = {REFERENCE: kind_detection(reference, kinds)}
@@ -145,7 +196,7 @@ def fold_report(workdir: Path, config: dict, fold: str, *, resamples: int) -> di
         if "@" not in system:  # the primary scorer's score sets
             by_kind[system] = kind_detection(sections, kinds)
     return {"machine_types": machine_types, "test_clips": sum(len(s.label) for s in reference), "systems": systems,
-            "by_kind": by_kind}
+            "by_kind": by_kind, "by_backbone_stage": by_stage}
 
 
 def goal_check(folds: dict, submitted: dict[str, str]) -> dict:
@@ -218,20 +269,26 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {name} | {row['official']:.2f} ± {100 * row['bootstrap']['sd']:.2f} | "
                              f"{row['AUC_source']:.2f} | {row['AUC_target']:.2f} | {row['pAUC']:.2f} |")
             lines += ["", *kind_table(fold_result["by_kind"], shown=[REFERENCE, cfg.FROZEN, *report["submitted"]])]
+            lines += ["", "Where the frozen backbone loses each kind: the same per-kind AUC for a 1-NN on its tokens "
+                      "after each stage (one vector per time patch, mean ‖ std over time):", "",
+                      *kind_table(fold_result["by_backbone_stage"], shown=list(fold_result["by_backbone_stage"]),
+                                  transpose=True)]
     return "\n".join(lines) + "\n"
 
 
-def kind_table(by_kind: dict, *, shown: list[str]) -> list[str]:
-    """Markdown: per anomaly kind, each shown system's same-domain AUC, source / target."""
+def kind_table(by_kind: dict, *, shown: list[str], transpose: bool = False) -> list[str]:
+    """Markdown: per anomaly kind, each shown system's same-domain AUC, source / target; a row per kind and a
+    column per system, or with ``transpose`` a row per system and a column per kind."""
     shown = [system for system in shown if system in by_kind]
     kinds = sorted({kind for system in shown for kind in by_kind[system]})
+    cell = lambda system, kind: " / ".join(f"{by_kind[system][kind].get(domain, float('nan')):.1f}" for domain in DOMAINS)
+    rows, columns = (shown, kinds) if transpose else (kinds, shown)
     lines = ["Per anomaly kind: AUC of a domain's normal clips against its anomalies of that kind (mean over "
              "machine types), source / target:", "",
-             "| anomaly kind | " + " | ".join(shown) + " |", "| --- |" + " ---: |" * len(shown)]
-    for kind in kinds:
-        cells = [" / ".join(f"{by_kind[system][kind].get(domain, float('nan')):.1f}" for domain in DOMAINS)
-                 for system in shown]
-        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+             f"| {'system' if transpose else 'anomaly kind'} | " + " | ".join(columns) + " |",
+             "| --- |" + " ---: |" * len(columns)]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(cell(row, c) if transpose else cell(c, row) for c in columns) + " |")
     return lines
 
 

@@ -38,9 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-
 import torch
+import yaml
 
 import asd.config as cfg
 from asd.data.dataset import apply_ground_truth
@@ -175,18 +174,20 @@ def fold_report(workdir: Path, config: dict, fold: str, *, resamples: int) -> di
                  for m, f in zip(machine_types, features)]
     all_kinds = pd.read_csv(workdir / Path(config["datasets"][dataset]["root"]).parents[1] / ANOMALY_KINDS_NAME)
     kinds = [all_kinds[all_kinds["machine"] == m] for m in machine_types]
+    reference_by_kind = kind_detection(reference, kinds)
     backbone, _ = build_backbone({**config["backbone"],
                                   "checkpoint": resolve_checkpoint(config["backbone"]["checkpoint"], REPO)})
+    backbone.eval()
     stage_sections: dict[str, list[AlignedSection]] = {}
     for m, f in zip(machine_types, features):
-        for stage, embedding in backbone_stages(backbone.eval(), f).items():
+        for stage, embedding in backbone_stages(backbone, f).items():
             stage_sections.setdefault(stage, []).append(
                 nearest_neighbour(embedding, f, machine_type=m, ground_truth=ground_truth))
-    by_stage = {REFERENCE: kind_detection(reference, kinds),
+    by_stage = {REFERENCE: reference_by_kind,
                 **{stage: kind_detection(sections, kinds) for stage, sections in stage_sections.items()}}
     systems = {REFERENCE: system_row([{"machine": m, **section_metrics(s)} for m, s in zip(machine_types, reference)],
                                      reference, resamples=resamples)}
-    by_kind = {REFERENCE: kind_detection(reference, kinds)}
+    by_kind = {REFERENCE: reference_by_kind}
     metric_files = {path.stem: path for path in (workdir / "results" / "metrics" / fold).glob("*.json")}
     for system in sorted(metric_files, key=score_set_order):
         metrics = json.loads(metric_files[system].read_text())

@@ -326,10 +326,11 @@ def test_scores_use_training_clips_only(scorer):
     spec = CONFIG_SCORERS[scorer]
     alone = run_scorer(spec, banks, a, scoring=SCORING, name="fanA")
     mixed = run_scorer(spec, banks, together[order], scoring=SCORING, name="fanA")
-    np.testing.assert_allclose(mixed[0][where_a], alone[0], rtol=0, atol=1e-9)
+    # float32 distances from query batches of other shapes: equal to rounding (a leak moves scores by far more)
+    np.testing.assert_allclose(mixed[0][where_a], alone[0], rtol=1e-5, atol=1e-5)
     assert list(mixed[1]) == list(alone[1]) == ["source", "target"]
     for d in alone[1]:
-        np.testing.assert_allclose(mixed[1][d][where_a], alone[1][d], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(mixed[1][d][where_a], alone[1][d], rtol=1e-5, atol=1e-5)
     assert list(mixed[2]) == list(alone[2]) == ["source", "target"]
     for d in alone[2]:
         assert alone[2][d].shape == (len(banks[d]),)

@@ -46,7 +46,7 @@ from asd.data.dataset import apply_ground_truth
 from asd.data.demo import ANOMALY_KINDS_NAME
 from asd.data.features import FeatureSet, load_features
 from asd.fingerprint import resolve_checkpoint
-from asd.model.asd_model import build_backbone
+from asd.model.asd_model import build_backbone, weighted_mean_std
 from asd.model.beats import BEATs
 from asd.io import write_json, write_text
 from asd.evaluation.metrics import (DOMAINS, AlignedSection, align_section, bootstrap_official_score, roc_auc,
@@ -76,13 +76,11 @@ def aligned(test: pd.DataFrame, machine_type: str) -> AlignedSection:
     return align_section(test[["file", "score"]], None, truth)
 
 
-def mean_std_over_time(frames: np.ndarray, real: np.ndarray) -> np.ndarray:
+def mean_std_over_time(frames: torch.Tensor, real: torch.Tensor) -> np.ndarray:
     """[clips, frames, D] and the real-frame mask [clips, frames] -> [clips, 2D]: mean ‖ std over real frames."""
-    real = real[..., None].astype(np.float32)  # [clips, frames, 1]
-    count = real.sum(axis=1)  # [clips, 1]
-    mean = (frames * real).sum(axis=1) / count
-    std = np.sqrt((((frames - mean[:, None]) ** 2) * real).sum(axis=1) / count)
-    return np.concatenate([mean, std], axis=1)
+    weights = real[..., None].float()  # [clips, frames, 1]
+    mean, std = weighted_mean_std(frames, weights / weights.sum(dim=1, keepdim=True), eps=0.0)
+    return torch.cat([mean, std], dim=1).numpy()
 
 
 def nearest_neighbour(embedding: np.ndarray, features: FeatureSet, *, machine_type: str,
@@ -100,8 +98,8 @@ def nearest_neighbour(embedding: np.ndarray, features: FeatureSet, *, machine_ty
 
 def logmel_nearest_neighbour(features: FeatureSet, *, machine_type: str, ground_truth: str | None) -> AlignedSection:
     """The reference system on one machine type: cosine 1-NN distance of mean ‖ std log-mel embeddings."""
-    real = ~features.frame_padding_mask().numpy()  # [clips, frames]
-    embedding = mean_std_over_time(features.fbank.astype(np.float32), real)  # [clips, 256]
+    fbank = torch.from_numpy(features.fbank).float()  # [clips, frames, 128]
+    embedding = mean_std_over_time(fbank, ~features.frame_padding_mask())  # [clips, 256]
     return nearest_neighbour(embedding, features, machine_type=machine_type, ground_truth=ground_truth)
 
 
@@ -123,7 +121,7 @@ def backbone_stages(backbone: BEATs, features: FeatureSet, *, batch_size: int = 
         for name, tokens in outputs.items():
             count, n, channels = tokens.shape
             frames = tokens.float().reshape(count, n // frequency_patches, frequency_patches * channels)  # [B, T', F'·C]
-            stages.setdefault(name, []).append(mean_std_over_time(frames.numpy(), real.numpy()))
+            stages.setdefault(name, []).append(mean_std_over_time(frames, real))
     return {name: np.concatenate(parts) for name, parts in stages.items()}
 
 
